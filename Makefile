@@ -1,0 +1,35 @@
+# Everything a fresh machine needs: `make demo` and `make test` install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; override with e.g. TORCH=torch for a CUDA machine.
+TORCH ?= torch==2.13.0
+CONFIG ?= configs/en-pt.yaml
+# The demo reads a local copy of the corpora when one sits beside the checkout.
+LOCAL_DATA := $(wildcard ../shared/data)
+export NMT_DATA_DIR ?= $(LOCAL_DATA)
+
+.PHONY: install test demo lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	@if [ -z "$$NMT_DATA_DIR" ]; then $(VENV)/bin/nmt data download tatoeba; fi
+	$(VENV)/bin/nmt data prepare --config $(CONFIG)
+
+lint: install
+	$(VENV)/bin/ruff check nmt tests scripts
+
+clean:
+	rm -rf $(VENV) data/prepared runs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

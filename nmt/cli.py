@@ -1,0 +1,159 @@
+"""The `nmt` command line: parses options, calls one library function per command, and turns
+every `NmtError` into one line on stderr with its exit code (2: usage/config, 1: runtime)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nmt import __version__
+from nmt.errors import NmtError
+
+app = typer.Typer(
+    help="Train, run and score attention-based neural machine translation models.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Download corpora and prepare data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_state = {"verbose": False}
+log = logging.getLogger("nmt")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config key, e.g. --set train.lr=0.0005 (repeatable)."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("nmt")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def handle_errors(fn):
+    """Maps NmtError to a one-line message and exit code; tracebacks only with --verbose."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NmtError as err:
+            if _state["verbose"]:
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["verbose"] = verbose
+    _setup_logging(verbose)
+
+
+@data_app.command("download")
+@handle_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="Corpus name (see --list).")] = "",
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to save into.")] = Path("data"),
+    source: Annotated[Optional[str], typer.Option(
+        "--from", help="Local file or URL (mirror) to fetch instead of the official URL.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the known corpora.")] = False,
+) -> None:
+    """Download a named public corpus into data/ (resumable, size/checksum checked)."""
+    from nmt.data.download import SOURCES, download
+    from nmt.errors import UsageError
+
+    if list_ or not name:
+        for s in SOURCES.values():
+            typer.echo(f"{s.name}\t{s.description} ({s.licence})")
+        if not list_:
+            raise UsageError("give a corpus NAME to download (listed above)")
+        return
+    path = download(name, dest, source)
+    typer.echo(str(path))
+
+
+@data_app.command("prepare")
+@handle_errors
+def data_prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Clean, split and SentencePiece-encode the corpora of a config; print a summary."""
+    from nmt.config import load_config
+    from nmt.data.prepare import prepare
+    from nmt.data.report import summary_table
+
+    cfg = load_config(config, set_ or [])
+    prepared = prepare(cfg.data)
+    typer.echo(summary_table(prepared))
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML config file (not needed with --resume).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue the run in this directory exactly where it stopped.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing run directory of the same name.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent of run directories.")]
+    = Path("runs"),
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="cpu, cuda or auto (default: train.device).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="CPU threads (default: train.threads).")] = None,
+) -> None:
+    """Train a model; writes runs/<name>/ (config, tokenizer, checkpoints, metrics.csv)."""
+    from nmt.config import load_config
+    from nmt.errors import UsageError
+    from nmt.training.run import resume_config, train
+
+    overrides = list(set_ or [])
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    if threads is not None:
+        overrides.append(f"train.threads={threads}")
+    if resume is not None:
+        if config is not None or overwrite:
+            raise UsageError("--resume takes the run's own config: drop --config/--overwrite")
+        if not (resume / "last.pt").is_file():
+            raise UsageError(f"--resume {resume}: no last.pt there to continue from")
+        cfg = resume_config(resume, overrides)
+    elif config is None:
+        raise UsageError("give --config CONFIG (or --resume RUN_DIR)")
+    else:
+        cfg = load_config(config, overrides)
+    run_dir = train(cfg, runs_dir, resume, overwrite)
+    typer.echo(str(run_dir))
+
+
+def main() -> None:
+    app(prog_name="nmt")

@@ -1,0 +1,373 @@
+"""Typed, frozen configuration with defaults in one place and a strict loader.
+
+A YAML file has four sections, `data`, `model`, `train` and `decode`; every key is a field of the
+dataclasses below (the comment beside each field is its documentation). `load_config` rejects
+unknown keys, wrong types, invalid choices, out-of-range values and inconsistent combinations,
+naming each by its dotted path, and reports all of them in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nmt.errors import ConfigError
+
+DATA_DIR_ENV = "NMT_DATA_DIR"  # overrides `data.dir`: where relative corpus paths are read from
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    path: str  # corpus file (English side for `format: text`); relative paths are under data.dir
+    format: Literal["auto", "tsv", "anki", "tatoeba", "text"] = "auto"  # auto: by column count
+    target_path: str | None = None  # Portuguese file of a `format: text` pair of files
+    required: bool = True  # false: a missing file is skipped with a warning
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpora: tuple[CorpusConfig, ...] = ()  # the parallel corpora, combined in this order
+    dir: str = "data"  # folder of relative corpus paths (env NMT_DATA_DIR overrides it)
+    prepared_dir: str = "data/prepared"  # cache of cleaned, split, encoded data
+    exclude: tuple[str, ...] = ()  # evaluation files whose sentences are removed from training
+    min_words: int = 1  # drop pairs with a side shorter than this (words)
+    max_words: int = 50  # drop pairs with a side longer than this (words)
+    max_ratio: float = 3.0  # drop pairs whose word-length ratio exceeds this
+    max_chars: int = 2000  # lines longer than this (characters) are skipped before cleaning
+    valid_size: int = 1000  # pairs held out for validation (by hash of the English side)
+    test_size: int = 2000  # pairs held out for testing
+    vocab_size: int = 8000  # SentencePiece vocabulary size (per model)
+    spm_type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece model type
+    joint_vocab: bool = True  # one model for both languages, or one per language
+    character_coverage: float = 1.0  # SentencePiece character coverage
+    max_pieces: int = 100  # training pairs longer than this (subword pieces) are dropped
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    type: Literal["global"] = "global"  # which source states are attended
+    score: Literal["additive", "dot", "general"] = "additive"  # Bahdanau MLP, Luong dot/bilinear
+    size: int = 256  # hidden size of the additive scorer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    emb_size: int = 256  # source and target embedding size (E)
+    hidden_size: int = 256  # encoder LSTM size per direction
+    decoder_size: int = 512  # decoder LSTM and attentional-state size (H)
+    enc_layers: int = 1  # bidirectional encoder layers
+    dec_layers: int = 1  # decoder LSTM layers
+    dropout: float = 0.2  # on embeddings, between LSTM layers and on the attentional state
+    bridge: Literal["projection", "zeros"] = "projection"  # decoder initial state
+    input_feeding: bool = True  # feed the previous attentional state to the next step
+    tie_embeddings: bool = False  # share target embeddings and output layer (needs E == H)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1  # fixes data order, initialisation and dropout
+    batch_tokens: int = 2000  # batch budget: sentences x longest side (padded tokens)
+    lr: float = 0.001  # Adam learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    clip_norm: float = 5.0  # gradient-norm clipping (0 disables)
+    label_smoothing: float = 0.1  # label smoothing of the cross-entropy loss
+    schedule: Literal["plateau", "warmup_decay", "constant"] = "plateau"  # learning-rate schedule
+    warmup_steps: int = 0  # linear warm-up steps (all schedules)
+    decay_factor: float = 0.5  # plateau: lr multiplier when the metric stalls
+    decay_patience: int = 2  # plateau: validations without improvement before decaying
+    min_lr: float = 1.0e-5  # lower bound of the learning rate
+    max_steps: int = 0  # stop after this many updates (0: no limit)
+    max_epochs: int = 0  # stop after this many epochs (0: no limit)
+    max_minutes: float = 0.0  # stop after this much training time (0: no limit)
+    valid_every: int = 500  # validate every N updates
+    valid_max_sentences: int = 0  # translate at most this many validation pairs (0: all)
+    metric: Literal["bleu", "chrf", "loss"] = "bleu"  # selects the best checkpoint
+    patience: int = 0  # stop after N validations without improvement (0: never)
+    keep_best: int = 2  # best checkpoints kept besides last.pt
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"  # where to train
+    log_every: int = 50  # log a progress line every N updates
+    max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam: int = 5  # beam size (1: greedy)
+    length_penalty: float = 1.0  # alpha of the GNMT length penalty ((5 + len) / 6) ** alpha
+    max_len_ratio: float = 2.0  # output at most ratio x source pieces + max_len_add
+    max_len_add: int = 10
+    batch_size: int = 64  # sentences translated together
+    n_best: int = 1  # hypotheses returned per sentence
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"  # run name: runs/<name>/
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+# Ranges checked after types: (path, predicate, expectation).
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.min_words", lambda v: v >= 1, ">= 1"),
+    ("data.max_words", lambda v: v >= 1, ">= 1"),
+    ("data.max_ratio", lambda v: v >= 1, ">= 1"),
+    ("data.max_chars", lambda v: v >= 1, ">= 1"),
+    ("data.valid_size", lambda v: v >= 1, ">= 1"),
+    ("data.test_size", lambda v: v >= 1, ">= 1"),
+    ("data.vocab_size", lambda v: v >= 16, ">= 16"),
+    ("data.character_coverage", lambda v: 0.9 <= v <= 1, "in [0.9, 1]"),
+    ("data.max_pieces", lambda v: v >= 2, ">= 2"),
+    ("model.emb_size", lambda v: v >= 1, ">= 1"),
+    ("model.hidden_size", lambda v: v >= 1, ">= 1"),
+    ("model.decoder_size", lambda v: v >= 1, ">= 1"),
+    ("model.enc_layers", lambda v: v >= 1, ">= 1"),
+    ("model.dec_layers", lambda v: v >= 1, ">= 1"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.attention.size", lambda v: v >= 1, ">= 1"),
+    ("train.batch_tokens", lambda v: v >= 1, ">= 1"),
+    ("train.lr", lambda v: v > 0, "> 0"),
+    ("train.betas", lambda v: all(0 <= b < 1 for b in v), "both in [0, 1)"),
+    ("train.clip_norm", lambda v: v >= 0, ">= 0"),
+    ("train.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.decay_factor", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("train.decay_patience", lambda v: v >= 0, ">= 0"),
+    ("train.min_lr", lambda v: v >= 0, ">= 0"),
+    ("train.max_steps", lambda v: v >= 0, ">= 0"),
+    ("train.max_epochs", lambda v: v >= 0, ">= 0"),
+    ("train.max_minutes", lambda v: v >= 0, ">= 0"),
+    ("train.valid_every", lambda v: v >= 1, ">= 1"),
+    ("train.valid_max_sentences", lambda v: v >= 0, ">= 0"),
+    ("train.patience", lambda v: v >= 0, ">= 0"),
+    ("train.keep_best", lambda v: v >= 1, ">= 1"),
+    ("train.threads", lambda v: v >= 0, ">= 0"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
+    ("decode.beam", lambda v: v >= 1, ">= 1"),
+    ("decode.length_penalty", lambda v: v >= 0, ">= 0"),
+    ("decode.max_len_ratio", lambda v: v > 0, "> 0"),
+    ("decode.max_len_add", lambda v: v >= 0, ">= 0"),
+    ("decode.batch_size", lambda v: v >= 1, ">= 1"),
+    ("decode.n_best", lambda v: v >= 1, ">= 1"),
+]
+
+
+def _consistency(cfg: Config) -> list[str]:
+    problems = []
+    m, d = cfg.model, cfg.data
+    if m.tie_embeddings and m.emb_size != m.decoder_size:
+        problems.append(
+            f"model.tie_embeddings: needs model.emb_size == model.decoder_size, "
+            f"got {m.emb_size} and {m.decoder_size}"
+        )
+    if m.attention.score == "dot" and 2 * m.hidden_size != m.decoder_size:
+        problems.append(
+            f"model.attention.score: 'dot' needs 2 x model.hidden_size == model.decoder_size, "
+            f"got {2 * m.hidden_size} and {m.decoder_size} (use 'general' or 'additive')"
+        )
+    if d.min_words > d.max_words:
+        problems.append(f"data.min_words: {d.min_words} is above data.max_words ({d.max_words})")
+    if cfg.train.batch_tokens < d.max_pieces + 1:
+        problems.append(
+            f"train.batch_tokens: must hold one pair of data.max_pieces ({d.max_pieces}) + 1, "
+            f"got {cfg.train.batch_tokens}"
+        )
+    if cfg.decode.n_best > cfg.decode.beam:
+        problems.append(
+            f"decode.n_best: {cfg.decode.n_best} is above decode.beam ({cfg.decode.beam})"
+        )
+    for i, c in enumerate(d.corpora):
+        if (c.format == "text") != (c.target_path is not None):
+            problems.append(
+                f"data.corpora[{i}].target_path: needed with format 'text' and only then"
+            )
+    return problems
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "list"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Checks `value` against the type hint `tp`; returns the converted value or None."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        if value in args and isinstance(value, str):
+            return value
+        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path, problems)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list, got {value!r}")
+            return None
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_convert(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+            return tuple(items)
+        if len(value) != len(args):
+            problems.append(f"{path}: expected a list of {len(args)} items, got {value!r}")
+            return None
+        return tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in
+                     enumerate(zip(value, args)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return None
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'config'}: expected a mapping, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(
+                f"{path + '.' if path else ''}{key}: unknown key (valid: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name in raw:
+            kwargs[f.name] = _convert(raw[f.name], hints[f.name], sub, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{sub}: required key is missing")
+    if problems:
+        return None
+    return cls(**kwargs)
+
+
+def _get(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def from_dict(raw: Any, source: str | None = None) -> Config:
+    """Builds and validates a `Config` from plain data; raises `ConfigError` with all problems."""
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if cfg is None:
+        raise ConfigError(problems, source)
+    for path, ok, expected in _RANGES:
+        value = _get(cfg, path)
+        if not ok(value):
+            problems.append(f"{path}: expected {expected}, got {value!r}")
+    problems += _consistency(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain, YAML- and checkpoint-safe data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.0005` -> (['train', 'lr'], 0.0005); values are parsed as YAML scalars/lists."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=0.0005"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError([f"--set {text!r}: value is not valid YAML ({err.problem})"]) from None
+    return [p.strip() for p in parts], parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Returns a copy of `raw` with each `KEY.PATH=VALUE` applied (validated later by from_dict)."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError([f"--set {text!r}: {p} is not a section"])
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> Any:
+    """Reads a YAML file with the safe loader; errors name the file, line and column."""
+    if not path.exists():
+        raise ConfigError([f"file not found (expected a YAML config)"], str(path))
+    if path.is_dir():
+        raise ConfigError(["is a directory (expected a YAML config file)"], str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([f"cannot read: {err}"], str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError([f"{where}invalid YAML ({problem})"], str(path)) from None
+
+
+def load_config(path: Path | str, overrides: list[str] = ()) -> Config:
+    """Loads a YAML config, applies `--set` overrides, validates everything at once."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"expected a mapping of sections, got {type(raw).__name__}"], str(path))
+    return from_dict(apply_overrides(raw, list(overrides)), str(path))
+
+
+def data_dir(cfg: DataConfig) -> Path:
+    """The folder relative corpus paths are read from: $NMT_DATA_DIR, else `data.dir`."""
+    return Path(os.environ.get(DATA_DIR_ENV) or cfg.dir)

@@ -1,0 +1,143 @@
+"""Token-budget batches with length bucketing, and padded tensors ready for packed LSTMs.
+
+A batch's size is counted in padded tokens: sentences x the widest pair, where a pair's width is
+max(source pieces, target pieces + 1) (the target gains BOS on input and EOS on output). Batches
+never exceed `batch_tokens`. Each epoch shuffles the pairs with (seed, epoch), sorts them by width
+inside large buckets to keep padding low, cuts batches, and shuffles the batch order: the order is
+a pure function of (seed, epoch), so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.errors import DataError
+
+BUCKET_BATCHES = 64  # batches' worth of pairs sorted together
+
+
+@dataclass
+class Dataset:
+    """Encoded pairs as flat id arrays with per-pair lengths and offsets."""
+
+    src: np.ndarray  # all source ids, concatenated
+    src_len: np.ndarray  # (N,)
+    tgt: np.ndarray
+    tgt_len: np.ndarray  # (N,)
+
+    def __post_init__(self) -> None:
+        self.src_off = np.concatenate([[0], np.cumsum(self.src_len, dtype=np.int64)])
+        self.tgt_off = np.concatenate([[0], np.cumsum(self.tgt_len, dtype=np.int64)])
+
+    @classmethod
+    def load(cls, path: Path) -> Dataset:
+        try:
+            with np.load(path) as z:
+                return cls(z["src"], z["src_len"], z["tgt"], z["tgt_len"])
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"{path}: unreadable prepared data ({err})") from None
+
+    def __len__(self) -> int:
+        return len(self.src_len)
+
+    def source(self, i: int) -> np.ndarray:
+        return self.src[self.src_off[i]:self.src_off[i + 1]]
+
+    def target(self, i: int) -> np.ndarray:
+        return self.tgt[self.tgt_off[i]:self.tgt_off[i + 1]]
+
+    @property
+    def widths(self) -> np.ndarray:
+        return np.maximum(self.src_len, self.tgt_len + 1)
+
+
+def token_batches(widths: np.ndarray, batch_tokens: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[np.ndarray]:
+    """Cuts pair indices into batches of at most `batch_tokens` padded tokens."""
+    n = len(widths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    per_batch = max(1, batch_tokens // max(1, int(np.mean(widths)) if n else 1))
+    bucket = per_batch * BUCKET_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, n, bucket):
+        chunk = order[start:start + bucket]
+        chunk = chunk[np.argsort(-widths[chunk], kind="stable")]
+        first, widest = 0, 0
+        for j, i in enumerate(chunk):
+            w = max(widest, int(widths[i]))
+            if j > first and (j - first + 1) * w > batch_tokens:
+                batches.append(chunk[first:j])
+                first, w = j, int(widths[i])
+            widest = w
+        if first < len(chunk):
+            batches.append(chunk[first:])
+    if shuffle:
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_fraction(batches: list[np.ndarray], src_len: np.ndarray,
+                     tgt_len: np.ndarray) -> float:
+    """Share of padding in the source and target tensors of these batches."""
+    real = padded = 0
+    for b in batches:
+        real += int(src_len[b].sum() + tgt_len[b].sum() + len(b))
+        padded += len(b) * (int(src_len[b].max()) + int(tgt_len[b].max()) + 1)
+    return 1 - real / padded if padded else 0.0
+
+
+@dataclass
+class Batch:
+    """Padded tensors of one batch, sorted by source length (longest first).
+
+    src:     (B, S) source ids, PAD after each sentence's end
+    src_len: (B,)   source lengths
+    tgt_in:  (B, T) BOS y1 ... yn PAD...
+    tgt_out: (B, T) y1 ... yn EOS PAD...
+    index:   (B,)   positions of the pairs in their dataset
+    """
+
+    src: torch.Tensor
+    src_len: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    index: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        """Target tokens predicted (EOS included, padding excluded)."""
+        return int((self.tgt_out != PAD).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.src.to(device), self.src_len, self.tgt_in.to(device),
+                     self.tgt_out.to(device), self.index)
+
+
+def pad_sources(sources: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) padded ids and (B,) lengths, in the given order."""
+    lengths = torch.tensor([len(s) for s in sources], dtype=torch.long)
+    out = torch.full((len(sources), int(lengths.max())), PAD, dtype=torch.long)
+    for k, s in enumerate(sources):
+        out[k, :len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
+    return out, lengths
+
+
+def collate(ds: Dataset, index: np.ndarray) -> Batch:
+    index = index[np.argsort(-ds.src_len[index], kind="stable")]
+    src, src_len = pad_sources([ds.source(i) for i in index])
+    t = int(ds.tgt_len[index].max()) + 1
+    tgt_in = torch.full((len(index), t), PAD, dtype=torch.long)
+    tgt_out = torch.full((len(index), t), PAD, dtype=torch.long)
+    for k, i in enumerate(index):
+        y = torch.from_numpy(ds.target(i).astype(np.int64))
+        tgt_in[k, 0] = BOS
+        tgt_in[k, 1:len(y) + 1] = y
+        tgt_out[k, :len(y)] = y
+        tgt_out[k, len(y)] = EOS
+    return Batch(src, src_len, tgt_in, tgt_out, index)

@@ -1,0 +1,256 @@
+"""The data pipeline, raw corpora to a cached, split, encoded dataset.
+
+    corpora --read--> raw pairs --clean/filter/dedup/leakage--> pairs --hash split--> train/valid/test
+    train split --SentencePiece--> models --encode--> ids (flat arrays + offsets, .npz)
+
+The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config and the
+bytes of every input file; a manifest with each output's size and sha256 is written last, so a
+half-written or corrupted cache is detected and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from nmt.config import DataConfig, data_dir
+from nmt.data.corpus import (Cleaner, ReadStats, assign_splits, corpus_paths, read_corpus,
+                             read_protected, split_key)
+from nmt.data.tokenizer import Tokenizer, chunks, train_model
+from nmt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1
+SPLITS = ("train", "valid", "test")
+LANGS = ("en", "pt")
+ENCODE_CHUNK = 10_000
+
+
+@dataclass
+class Summary:
+    """What `prepare` did, for the table printed by `nmt data prepare`."""
+
+    read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_where: dict[str, list[str]] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    kept: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    vocab: dict[str, int] = field(default_factory=dict)
+    avg_pieces: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset on disk."""
+
+    path: Path
+    summary: Summary
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer((self.path / "spm.en.model").read_bytes(),
+                         (self.path / "spm.pt.model").read_bytes())
+
+    def text(self, split: str, lang: str) -> Path:
+        return self.path / f"{split}.{lang}"
+
+    def ids(self, split: str) -> Path:
+        return self.path / f"{split}.npz"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
+    """The corpora that exist (missing optional ones are skipped) and the evaluation files."""
+    root = data_dir(cfg)
+    corpora = []
+    for spec in cfg.corpora:
+        paths = corpus_paths(spec, root)
+        missing = [p for p in paths if not p.exists()]
+        if missing and not spec.required:
+            log.warning("skipping optional corpus %s: not found", missing[0])
+            continue
+        if missing:
+            raise DataError(f"{missing[0]}: corpus file not found (run `nmt data download NAME`, "
+                            f"or set NMT_DATA_DIR to the folder that holds it)")
+        corpora.append((spec, paths))
+    if not corpora:
+        raise DataError("data.corpora: no corpus to read (list at least one file)")
+    return corpora, [Path(p) for p in cfg.exclude]
+
+
+def cache_key(cfg: DataConfig) -> str:
+    corpora, protected = _inputs(cfg)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "prepared_dir")}
+    h = hashlib.sha256(json.dumps([PIPELINE_VERSION, settings], sort_keys=True).encode())
+    for path in [p for _, paths in corpora for p in paths] + protected:
+        if not path.is_file():
+            raise DataError(f"{path}: not found or not a file")
+        h.update(_file_digest(path).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_manifest(path: Path, key: str) -> Summary | None:
+    """The cached summary if every output file matches the manifest, else None."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if manifest["key"] != key:
+            return None
+        for name, (size, digest) in manifest["files"].items():
+            f = path / name
+            if not f.is_file() or f.stat().st_size != size or _file_digest(f) != digest:
+                log.warning("prepared data in %s is damaged (%s); rebuilding", path, name)
+                return None
+        return Summary(**manifest["summary"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare(cfg: DataConfig, progress: bool = True) -> Prepared:
+    """Prepares (or reuses the cached) dataset for `cfg`."""
+    key = cache_key(cfg)
+    out = Path(cfg.prepared_dir) / key
+    summary = _load_manifest(out, key) if out.exists() else None
+    if summary is not None:
+        summary.cached = True
+        log.info("using cached prepared data %s", out)
+        return Prepared(out, summary)
+    Path(cfg.prepared_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cfg.prepared_dir))
+    try:
+        summary = _build(cfg, work, progress)
+        _write_manifest(work, key, summary)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return Prepared(out, summary)
+
+
+def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
+    start = time.perf_counter()
+    corpora, protected_files = _inputs(cfg)
+    cleaner = Cleaner(cfg, read_protected(protected_files))
+    stats = ReadStats()
+    keys: list[bytes] = []
+    cleaned = work / "cleaned.tsv"
+    with cleaned.open("w", encoding="utf-8") as f:
+        bar = tqdm(desc="reading", unit=" pairs", disable=not progress, mininterval=0.5)
+        for spec, _ in corpora:
+            for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars):
+                bar.update()
+                pair = cleaner(src, tgt)
+                if pair is not None:
+                    f.write(f"{pair[0]}\t{pair[1]}\n")
+                    keys.append(split_key(pair[0]))
+        bar.close()
+    if not keys:
+        raise DataError("no usable pair left after reading and cleaning "
+                        f"(skipped: {dict(stats.skipped)}, dropped: {dict(cleaner.stats.dropped)})")
+    _write_splits(cleaned, assign_splits(keys, cfg.valid_size, cfg.test_size), work)
+    cleaned.unlink()
+    tokenizer = _train_tokenizer(cfg, work)
+    summary = Summary(read=stats.read, skipped=dict(stats.skipped),
+                      skipped_where=stats.examples, dropped=dict(cleaner.stats.dropped),
+                      kept=len(keys))
+    for split in SPLITS:
+        n, avg, too_long = _encode_split(tokenizer, work, split,
+                                         cfg.max_pieces if split == "train" else None)
+        summary.splits[split] = n
+        summary.avg_pieces.update({f"{split}.{lang}": a for lang, a in zip(LANGS, avg)})
+        if too_long:
+            summary.dropped["too many pieces"] = too_long
+    summary.vocab = {"en": tokenizer.src_vocab_size, "pt": tokenizer.tgt_vocab_size}
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_splits(cleaned: Path, splits: list[str], work: Path) -> None:
+    handles = {(s, lang): (work / f"{s}.{lang}").open("w", encoding="utf-8")
+               for s in SPLITS for lang in LANGS}
+    try:
+        with cleaned.open(encoding="utf-8") as f:
+            for line, split in zip(f, splits):
+                src, tgt = line.rstrip("\n").split("\t")
+                handles[split, "en"].write(src + "\n")
+                handles[split, "pt"].write(tgt + "\n")
+    finally:
+        for h in handles.values():
+            h.close()
+
+
+def _lines(path: Path):
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n")
+
+
+def _train_tokenizer(cfg: DataConfig, work: Path) -> Tokenizer:
+    args = (cfg.vocab_size, cfg.spm_type, cfg.character_coverage)
+    if cfg.joint_vocab:
+        def both():
+            yield from _lines(work / "train.en")
+            yield from _lines(work / "train.pt")
+        src = tgt = train_model(both(), *args)
+    else:
+        src = train_model(_lines(work / "train.en"), *args)
+        tgt = train_model(_lines(work / "train.pt"), *args)
+    (work / "spm.en.model").write_bytes(src)
+    (work / "spm.pt.model").write_bytes(tgt)
+    return Tokenizer(src, tgt)
+
+
+def _encode_split(tok: Tokenizer, work: Path, split: str,
+                  max_pieces: int | None) -> tuple[int, tuple[float, float], int]:
+    """Encodes a split in chunks into flat id arrays; returns (pairs, avg pieces, dropped)."""
+    src_ids: list[np.ndarray] = []
+    tgt_ids: list[np.ndarray] = []
+    src_len: list[int] = []
+    tgt_len: list[int] = []
+    dropped = 0
+    pairs = zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"))
+    for chunk in chunks(pairs, ENCODE_CHUNK):
+        srcs = tok.encode_src([s for s, _ in chunk])
+        tgts = tok.encode_tgt([t for _, t in chunk])
+        for s, t in zip(srcs, tgts):
+            if max_pieces is not None and max(len(s), len(t)) > max_pieces:
+                dropped += 1
+                continue
+            src_ids.append(np.asarray(s, dtype=np.int32))
+            tgt_ids.append(np.asarray(t, dtype=np.int32))
+            src_len.append(len(s))
+            tgt_len.append(len(t))
+    n = len(src_len)
+    empty = np.zeros(0, dtype=np.int32)
+    np.savez(work / f"{split}.npz",
+             src=np.concatenate(src_ids) if n else empty, src_len=np.asarray(src_len, np.int32),
+             tgt=np.concatenate(tgt_ids) if n else empty, tgt_len=np.asarray(tgt_len, np.int32))
+    avg = (float(np.mean(src_len)) if n else 0.0, float(np.mean(tgt_len)) if n else 0.0)
+    return n, avg, dropped
+
+
+def _write_manifest(work: Path, key: str, summary: Summary) -> None:
+    files = {p.name: [p.stat().st_size, _file_digest(p)] for p in sorted(work.iterdir())}
+    manifest = {"key": key, "version": PIPELINE_VERSION, "files": files, "summary": asdict(summary)}
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=1))

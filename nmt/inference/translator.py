@@ -1,0 +1,101 @@
+"""Translation of raw sentences with a trained model: normalise and encode exactly as the
+training data was, batch by length, search, restore the input order, detokenise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nmt.config import Config, DecodeConfig, from_dict
+from nmt.data.batching import pad_sources
+from nmt.data.corpus import normalize
+from nmt.data.tokenizer import EOS, Tokenizer
+from nmt.errors import CheckpointError
+from nmt.inference.search import Hypothesis, beam_search, greedy
+from nmt.model.seq2seq import Seq2Seq, build_model
+from nmt.training import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Translation:
+    source: str  # the input sentence, normalised
+    text: str  # best translation, detokenised
+    score: float
+    hypotheses: list[Hypothesis]  # n-best, best first
+    src_pieces: list[str]
+
+
+class Translator:
+    """Wraps a model and its tokenizer; `from_checkpoint` needs nothing but the checkpoint."""
+
+    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig,
+                 max_src_pieces: int, device: torch.device = torch.device("cpu")) -> None:
+        self.model, self.tokenizer, self.decode = model, tokenizer, decode
+        self.max_src_pieces = max_src_pieces
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: torch.device = torch.device("cpu")
+                        ) -> tuple[Translator, Config]:
+        data = checkpoint.load(path)
+        try:
+            cfg = from_dict(data["config"], f"{path} (config)")
+            tok = Tokenizer(data["tokenizer"]["src"], data["tokenizer"]["tgt"])
+            model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+            model.load_state_dict(data["model"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
+        model.to(device).eval()
+        return cls(model, tok, cfg.decode, 4 * cfg.data.max_pieces, device), cfg
+
+    def translate(self, sentences: list[str], beam: int | None = None, n_best: int = 1,
+                  keep_attention: bool = False, top_k: int = 0,
+                  progress: bool = False) -> list[Translation]:
+        """Translates in batches of similar length; output order = input order."""
+        self.model.eval()
+        beam = beam or self.decode.beam
+        sources = [normalize(s) for s in sentences]
+        ids = self.tokenizer.encode_src(sources)
+        for i, x in enumerate(ids):
+            if len(x) > self.max_src_pieces:
+                log.warning("sentence %d has %d pieces; only the first %d are translated",
+                            i + 1, len(x), self.max_src_pieces)
+                ids[i] = x[:self.max_src_pieces]
+        results: list[Translation | None] = [None] * len(sources)
+        for i, s in enumerate(sources):
+            if not ids[i]:
+                results[i] = Translation(s, "", 0.0, [Hypothesis([], 0.0)], [])
+        todo = [i for i in np.argsort([-len(x) for x in ids], kind="stable") if ids[i]]
+        size = self.decode.batch_size
+        for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
+                          disable=not progress, leave=False):
+            chunk = todo[start:start + size]
+            hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
+            for i, nbest in zip(chunk, hyps):
+                text = self.tokenizer.decode_tgt([nbest[0].tokens])[0]
+                pieces = self.tokenizer.src.id_to_piece(ids[i]) if keep_attention else []
+                results[i] = Translation(sources[i], text, nbest[0].score, nbest, pieces)
+        return results  # type: ignore[return-value]
+
+    def _search(self, sources: list[list[int]], beam: int, n_best: int, keep_attention: bool,
+                top_k: int) -> list[list[Hypothesis]]:
+        src, src_len = pad_sources([np.asarray(s) for s in sources])
+        src = src.to(self.device)
+        d = self.decode
+        max_len = (src_len.float() * d.max_len_ratio).long() + d.max_len_add  # (B,)
+        if beam == 1:
+            hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k)
+            return [[h] for h in hyps]
+        return beam_search(self.model, src, src_len, max_len, beam, n_best, d.length_penalty,
+                           keep_attention)
+
+    def target_pieces(self, hyp: Hypothesis) -> list[str]:
+        return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]

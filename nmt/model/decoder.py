@@ -1,0 +1,102 @@
+"""LSTM decoder with attention and input feeding (Luong et al. 2015, Sec. 3 and 3.3).
+
+One step, t:
+    gates = W_x y_{t-1} + W_f h~_{t-1} + W_h h_{t-1} + b     (input feeding: W_f h~_{t-1})
+    h_t, c_t = LSTM(gates, c_{t-1})
+    c~_t, a_t = attention(h_t, annotations)                   (context vector, weights)
+    h~_t = tanh(W_c [c~_t; h_t])                              (Eq. 5, the attentional state)
+
+`embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
+target in training); `step` does the rest of one step and is the only path, used by teacher
+forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6) lives in
+the model, so training can apply it once to all steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmt.data.tokenizer import PAD
+from nmt.model.attention import Attention, Memory
+
+
+@dataclass
+class DecoderState:
+    h: torch.Tensor  # (L, B, H) hidden state of each decoder layer
+    c: torch.Tensor  # (L, B, H) cell state of each decoder layer
+    feed: torch.Tensor  # (B, H) previous attentional state h~_{t-1} (zeros at t = 0)
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index),
+                            self.feed.index_select(0, index))
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, emb_size: int, hidden_size: int, key_size: int,
+                 layers: int, dropout: float, input_feeding: bool, attention: Attention) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.layers = layers
+        self.input_feeding = input_feeding
+        self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
+        self.dropout = nn.Dropout(dropout)
+        h4 = 4 * hidden_size
+        self.input_layer = nn.Linear(emb_size, h4)  # W_x and the gate bias
+        feed = hidden_size if input_feeding else 0
+        # recurrent weights of layer 0 act on [h~_{t-1}; h_{t-1}], of layer l > 0 on [h_{l-1}; h_l]
+        self.recurrent = nn.ParameterList(
+            [nn.Parameter(torch.empty(feed + hidden_size, h4))]
+            + [nn.Parameter(torch.empty(2 * hidden_size, h4)) for _ in range(layers - 1)]
+        )
+        self.upper_bias = nn.ParameterList(
+            [nn.Parameter(torch.zeros(h4)) for _ in range(layers - 1)])
+        self.attention = attention
+        self.combine = nn.Linear(key_size + hidden_size, hidden_size, bias=False)  # W_c
+        bound = hidden_size ** -0.5
+        for w in self.recurrent:
+            nn.init.uniform_(w, -bound, bound)
+
+    def embed_inputs(self, y: torch.Tensor) -> torch.Tensor:
+        """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates."""
+        return self.input_layer(self.dropout(self.embed(y)))
+
+    @staticmethod
+    def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def step(self, x: torch.Tensor, state: DecoderState, memory: Memory,
+             t: int = 0) -> tuple[DecoderState, torch.Tensor]:
+        """x (B, 4H) from `embed_inputs` -> (new state, attention weights (B, S)).
+        The new state's `feed` is the attentional state h~_t (B, H)."""
+        hs, cs = [], []
+        below = state.feed if self.input_feeding else None
+        for layer in range(self.layers):
+            prev = state.h[layer]
+            inp = prev if below is None else torch.cat([below, prev], dim=1)
+            if layer == 0:
+                gates = torch.addmm(x, inp, self.recurrent[0])  # (B, 4H)
+            else:
+                gates = torch.addmm(self.upper_bias[layer - 1], inp, self.recurrent[layer])
+            h, c = self._cell(gates, state.c[layer])
+            hs.append(h)
+            cs.append(c)
+            below = self.dropout(h) if layer + 1 < self.layers else h
+        context, weights = self.attention(h, memory, t)  # (B, K), (B, S)
+        att = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (B, H)
+        return DecoderState(torch.stack(hs), torch.stack(cs), att), weights
+
+    def forward(self, tgt_in: torch.Tensor, state: DecoderState,
+                memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: tgt_in (B, T) -> attentional states (B, T, H), weights (B, T, S)."""
+        x = self.embed_inputs(tgt_in)  # (B, T, 4H), one product for all steps
+        outputs, weights = [], []
+        for t in range(tgt_in.size(1)):
+            state, w = self.step(x[:, t], state, memory, t)
+            outputs.append(state.feed)
+            weights.append(w)
+        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)

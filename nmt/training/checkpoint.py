@@ -1,0 +1,124 @@
+"""Self-describing checkpoints: atomic writes, safe loading, rotation of the best ones.
+
+A checkpoint is a plain dict of tensors and plain data (never a pickled module), loaded with
+`torch.load(weights_only=True)`:
+
+    format, version      "nmt-checkpoint", CHECKPOINT_VERSION
+    config               the resolved config as plain data
+    tokenizer            {"src": bytes, "tgt": bytes} SentencePiece models
+    model                state_dict
+    step, score          update count and validation score when written
+    resume               (last.pt only) optimizer, schedule, trainer progress and RNG states
+
+Run directory: last.pt (resumable), step-N.pt for the best `keep_best` validations, best.pt (a
+symlink to the best of them), config.yaml, spm.*.model, train.log, metrics.csv.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt.errors import CheckpointError
+
+FORMAT = "nmt-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Calls write(file) on a temp file beside `path`, fsyncs it and renames it into place, so a
+    crash leaves either the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: Path, data: dict[str, Any]) -> None:
+    data = {"format": FORMAT, "version": CHECKPOINT_VERSION, **data}
+    atomic_write(path, lambda f: torch.save(data, f))
+
+
+def load(path: Path | str) -> dict[str, Any]:
+    """Loads and checks a checkpoint; every failure is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused, not a plain nmt checkpoint ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an nmt checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')} is not "
+                              f"supported (this nmt reads version {CHECKPOINT_VERSION})")
+    for key in ("config", "tokenizer", "model"):
+        if key not in data:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return data
+
+
+def set_best(run_dir: Path, target: Path) -> None:
+    """Points run_dir/best.pt at `target` atomically."""
+    tmp = run_dir / ".best.pt.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target.name, tmp)
+    os.replace(tmp, run_dir / "best.pt")
+    _fsync_dir(run_dir)
+
+
+def rotate(run_dir: Path, kept: list[tuple[float, int]], keep: int) -> list[tuple[float, int]]:
+    """Keeps the `keep` best (score, step) checkpoints (higher is better); deletes the others."""
+    kept = sorted(kept, key=lambda x: (-x[0], x[1]))
+    for _, step in kept[keep:]:
+        (run_dir / f"step-{step}.pt").unlink(missing_ok=True)
+    return kept[:keep]
+
+
+def resolve(path: Path | str) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+        raise CheckpointError(f"{path}: no best.pt or last.pt in this run directory")
+    return path
+
+
+def latest_run(runs_dir: Path = Path("runs")) -> Path:
+    """The most recently modified run directory that holds a checkpoint."""
+    runs = [d for d in runs_dir.glob("*") if d.is_dir()
+            and ((d / "best.pt").exists() or (d / "last.pt").exists())] if runs_dir.is_dir() else []
+    if not runs:
+        raise CheckpointError(f"no trained run found in {runs_dir}/ (train one with `nmt train "
+                              f"--config CONFIG`, or pass --checkpoint)")
+    return max(runs, key=lambda d: max(f.stat().st_mtime for f in d.glob("*.pt")))

@@ -1,0 +1,190 @@
+"""`nmt train`: turns a config into built objects, a run directory and a `Trainer`, and handles
+resuming and signals. The run directory holds everything `translate` and `eval` need."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from nmt.config import Config, from_dict, to_dict
+from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.prepare import Prepared, prepare
+from nmt.errors import ConfigError, Interrupted, UsageError
+from nmt.evaluation.metrics import corpus_scores
+from nmt.inference.translator import Translator
+from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
+from nmt.training import checkpoint
+from nmt.training.schedule import Schedule
+from nmt.training.trainer import Trainer, Validation
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available (use --device cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_dir(cfg: Config, runs_dir: Path, resume: bool, overwrite: bool) -> Path:
+    run_dir = runs_dir / cfg.name
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise UsageError(f"{run_dir} already exists: use --resume {run_dir} to continue it, "
+                         f"--overwrite to start again, or another name (--set name=...)")
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's resolved config with `--set` overrides; data and model must not change."""
+    from nmt.config import apply_overrides, read_yaml
+
+    raw = read_yaml(run_dir / "config.yaml")
+    cfg = from_dict(apply_overrides(raw, overrides), str(run_dir / "config.yaml"))
+    changed = [s for s in ("data", "model") if to_dict(cfg)[s] != raw.get(s)]
+    if changed:
+        raise ConfigError([f"{s}: cannot change when resuming" for s in changed])
+    return cfg
+
+
+def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
+                   device: torch.device) -> Callable[[], Validation]:
+    """Validation: teacher-forced loss on the valid split, and BLEU/chrF of greedy translations
+    through `Translator`, the same path `nmt eval` takes."""
+    valid = Dataset.load(prepared.ids("valid"))
+    batches = token_batches(valid.widths, cfg.train.batch_tokens, 0, 0, shuffle=False)
+    sources = prepared.text("valid", "en").read_text(encoding="utf-8").splitlines()
+    refs = prepared.text("valid", "pt").read_text(encoding="utf-8").splitlines()
+    if cfg.train.valid_max_sentences:
+        sources = sources[:cfg.train.valid_max_sentences]
+        refs = refs[:cfg.train.valid_max_sentences]
+    translator = Translator(model, prepared.tokenizer(), cfg.decode, 4 * cfg.data.max_pieces,
+                            device)
+
+    def validate() -> Validation:
+        model.eval()
+        total, tokens = 0.0, 0
+        with torch.inference_mode():
+            for index in batches:
+                b = collate(valid, index).to(device)
+                loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
+                total, tokens = total + loss.item(), tokens + n
+        hyps = [t.text for t in translator.translate(sources, beam=1)]
+        bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
+        return Validation(total / max(tokens, 1), bleu.value, chrf.value)
+
+    return validate
+
+
+def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None,
+          overwrite: bool = False) -> Path:
+    """Trains `cfg` (or continues the run in `resume`); returns the run directory."""
+    device = pick_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = resume if resume else _run_dir(cfg, runs_dir, False, overwrite)
+    _log_to_file(run_dir / "train.log")
+    prepared = prepare(cfg.data)
+    tok = prepared.tokenizer()
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    t = cfg.train
+    schedule = Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor, t.decay_patience,
+                        t.min_lr)
+    saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
+    trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")),
+                      make_validator(model, prepared, cfg, device), cfg.train, run_dir, saved,
+                      device)
+    if resume:
+        state = checkpoint.load(run_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        trainer.load_resume_state(state["resume"])
+        _truncate_metrics(run_dir / "metrics.csv", trainer.progress.step)
+        log.info("resuming %s at step %d (epoch %d)", run_dir, trainer.progress.step,
+                 trainer.progress.epoch)
+    else:
+        _write_run_files(run_dir, cfg, prepared)
+    log.info("run %s: %s parameters, %d training pairs, device %s, %d threads", run_dir,
+             f"{count_parameters(model):,}", len(trainer.data), device, torch.get_num_threads())
+    with _signals(trainer):
+        trainer.run()
+    if trainer.stop_signal is not None:
+        raise Interrupted(trainer.stop_signal, f"interrupted at step {trainer.progress.step}; "
+                          f"saved {run_dir / 'last.pt'} (continue with --resume {run_dir})")
+    return run_dir
+
+
+def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    for name in ("spm.en.model", "spm.pt.model"):
+        shutil.copyfile(prepared.path / name, run_dir / name)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric rows written after the checkpoint being resumed."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    kept = [r for r in rows if int(r["step"]) <= step]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+
+
+def _log_to_file(path: Path) -> None:
+    root = logging.getLogger("nmt")
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+class _signals:
+    """SIGINT/SIGTERM ask the trainer to save and stop; a second signal exits at once (files
+    are written atomically, so nothing is left half-written)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_signal is not None:
+            raise SystemExit(128 + signum)
+        log.warning("signal %d: saving last.pt and stopping (again to quit at once)", signum)
+        self.trainer.stop_signal = signum
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+

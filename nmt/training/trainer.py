@@ -1,0 +1,214 @@
+"""A small training engine: it is given a built model, optimizer, schedule, data, a validation
+function and a run directory, and loops. Nothing here knows about configs files or attention.
+
+Everything a run needs to continue bit-for-bit lives in `last.pt`: weights, optimizer, schedule,
+`Progress` (step, epoch, position in the epoch's batch order, best scores) and the RNG state; the
+batch order itself is a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nmt.config import TrainConfig
+from nmt.data.batching import Dataset, collate, token_batches
+from nmt.errors import TrainingError
+from nmt.model.seq2seq import Seq2Seq
+from nmt.training import checkpoint
+from nmt.training.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "valid_loss", "valid_ppl", "bleu", "chrf",
+                  "tgt_tokens_per_s", "minutes"]
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches of the current epoch already done
+    best_score: float | None = None  # higher is better (loss is negated)
+    best_step: int = 0
+    bad_validations: int = 0
+    kept: list = field(default_factory=list)  # [score, step] of the step-N.pt files kept
+    seconds: float = 0.0  # training time so far
+    tgt_tokens: int = 0
+    last_valid_step: int = -1
+
+
+@dataclass
+class Validation:
+    loss: float
+    bleu: float
+    chrf: float
+
+    def score(self, metric: str) -> float:
+        return -self.loss if metric == "loss" else getattr(self, metric)
+
+
+class Trainer:
+    def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 data: Dataset, validate: Callable[[], Validation], settings: TrainConfig,
+                 run_dir: Path, saved: dict, device: torch.device) -> None:
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.data, self.validate, self.s = data, validate, settings
+        self.run_dir, self.saved, self.device = run_dir, saved, device
+        self.progress = Progress()
+        self.stop_signal: int | None = None  # set by a signal handler
+        self._widths = data.widths
+
+    # -- state -----------------------------------------------------------------------------
+    def resume_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "progress": asdict(self.progress),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+
+    def _save(self, name: str, resume: bool, score: float | None = None) -> Path:
+        path = self.run_dir / name
+        data = {**self.saved, "model": self.model.state_dict(), "step": self.progress.step,
+                "score": score}
+        if resume:
+            data["resume"] = self.resume_state()
+        checkpoint.save(path, data)
+        return path
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self) -> Progress:
+        p, s = self.progress, self.s
+        bar = tqdm(total=s.max_steps or None, initial=p.step, unit=" step", dynamic_ncols=True,
+                   mininterval=1.0)
+        start = time.perf_counter() - p.seconds
+        window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
+        bad_in_row = 0
+        reason = None
+        while reason is None:
+            batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
+            while p.batch < len(batches) and reason is None:
+                batch = collate(self.data, batches[p.batch]).to(self.device)
+                lr = self.schedule.lr_at(p.step + 1)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.model.train()
+                loss, n = self.model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                                          s.label_smoothing)
+                p.batch += 1
+                if not math.isfinite(loss.item()):
+                    bad_in_row += 1
+                    log.warning("non-finite loss at step %d: batch skipped (%d in a row)",
+                                p.step + 1, bad_in_row)
+                    if bad_in_row >= s.max_bad_steps:
+                        raise TrainingError(f"loss was not finite for {bad_in_row} batches in a "
+                                            f"row; stopped (last good checkpoint kept)")
+                    continue
+                bad_in_row = 0
+                (loss / n).backward()
+                if s.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                p.step += 1
+                p.tgt_tokens += n
+                window["loss"] += loss.item()
+                window["tokens"] += n
+                p.seconds = time.perf_counter() - start
+                bar.update()
+                if p.step % s.log_every == 0:
+                    self._log(bar, window, lr)
+                if p.step % s.valid_every == 0:
+                    self._validate(window, lr)
+                reason = self._stop_reason()
+            if p.batch >= len(batches) and reason is None:
+                p.epoch += 1
+                p.batch = 0
+                if s.max_epochs and p.epoch >= s.max_epochs:
+                    reason = f"{p.epoch} epochs done"
+        bar.close()
+        if self.stop_signal is None and p.last_valid_step != p.step:
+            self._validate(window, self.schedule.lr_at(p.step))
+        elif self.stop_signal is not None:
+            self._save("last.pt", resume=True)
+        log.info("stopped: %s (step %d, best %s at step %d)", reason, p.step,
+                 _fmt(p.best_score), p.best_step)
+        return p
+
+    def _stop_reason(self) -> str | None:
+        p, s = self.progress, self.s
+        if self.stop_signal is not None:
+            return f"signal {self.stop_signal}"
+        if s.max_steps and p.step >= s.max_steps:
+            return f"{p.step} steps done"
+        if s.max_minutes and p.seconds >= 60 * s.max_minutes:
+            return f"{s.max_minutes:g} minutes done"
+        if s.patience and p.bad_validations >= s.patience:
+            return f"no improvement in {p.bad_validations} validations"
+        return None
+
+    def _log(self, bar: tqdm, window: dict, lr: float) -> None:
+        elapsed = time.perf_counter() - window["time"]
+        rate = (self.progress.tgt_tokens - window["tgt"]) / elapsed if elapsed else 0.0
+        window["rate"] = rate
+        loss = window["loss"] / max(1, window["tokens"])
+        to_valid = self.s.valid_every - self.progress.step % self.s.valid_every
+        bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} {rate:,.0f} tok/s valid in {to_valid}")
+        log.debug("step %d loss %.4f lr %.2e %.0f tgt tok/s", self.progress.step, loss, lr, rate)
+        window["time"], window["tgt"] = time.perf_counter(), self.progress.tgt_tokens
+
+    def _validate(self, window: dict, lr: float) -> None:
+        p, s = self.progress, self.s
+        v = self.validate()
+        score = v.score(s.metric)
+        improved = p.best_score is None or score > p.best_score
+        if improved:
+            p.best_score, p.best_step, p.bad_validations = score, p.step, 0
+        else:
+            p.bad_validations += 1
+        self.schedule.observe(score)
+        p.last_valid_step = p.step
+        train_loss = window["loss"] / max(1, window["tokens"])
+        row = {"step": p.step, "epoch": p.epoch, "lr": f"{lr:.3g}", "train_loss": f"{train_loss:.4f}",
+               "valid_loss": f"{v.loss:.4f}", "valid_ppl": f"{math.exp(min(v.loss, 50)):.2f}",
+               "bleu": f"{v.bleu:.2f}", "chrf": f"{v.chrf:.2f}",
+               "tgt_tokens_per_s": f"{p.tgt_tokens / max(p.seconds, 1e-9):.0f}",
+               "minutes": f"{p.seconds / 60:.1f}"}
+        self._append_metrics(row)
+        log.info("validation at step %d: loss %.3f ppl %s BLEU %.2f chrF %.2f%s", p.step, v.loss,
+                 row["valid_ppl"], v.bleu, v.chrf, " (best)" if improved else "")
+        window["loss"], window["tokens"] = 0.0, 0
+        if improved:
+            path = self._save(f"step-{p.step}.pt", resume=False, score=score)
+            p.kept = [list(x) for x in checkpoint.rotate(
+                self.run_dir, [tuple(x) for x in p.kept] + [(score, p.step)], s.keep_best)]
+            checkpoint.set_best(self.run_dir, path)
+        self._save("last.pt", resume=True, score=score)
+
+    def _append_metrics(self, row: dict) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _fmt(x: float | None) -> str:
+    return "none" if x is None else f"{x:.2f}"

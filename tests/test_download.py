@@ -1,0 +1,321 @@
+"""Tests for nmt.data.download against a local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from nmt.data import download as dl
+from nmt.errors import DataError, UsageError
+
+ATTR = "CC-BY 2.0 (France) Attribution: tatoeba.org #{} (alice) & #{} (bruno)"
+PAIRS = [
+    ("Hello.", "Olá."),
+    ("I like green tea.", "Eu gosto de chá verde."),
+    ("Where is the station?", "Onde fica a estação?"),
+    ("The cat sleeps on the warm stone.", "O gato dorme na pedra quente."),
+]
+CORPUS = "".join(
+    f"{en}\t{pt}\t{ATTR.format(2 * i + 1, 2 * i + 2)}\n" for i, (en, pt) in enumerate(PAIRS)
+).encode()
+
+
+@dataclass
+class ServerState:
+    files: dict[str, bytes] = field(default_factory=dict)
+    honour_range: bool = True
+    cut_after: int | None = None  # send only this many body bytes, once, then hang up
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        state: ServerState = self.server.state  # type: ignore[attr-defined]
+        state.requests.append({k.lower(): v for k, v in self.headers.items()})
+        data = state.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and state.honour_range:
+            start = int(match[1])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if state.cut_after is not None:
+            body, state.cut_after = body[: state.cut_after], None
+            self.close_connection = True
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, ServerState]]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    httpd.state = ServerState()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        state: ServerState = httpd.state  # type: ignore[attr-defined]
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("_about.txt", "Made-up test sentences.\n")
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_tar(members: list[tarfile.TarInfo], payload: bytes = CORPUS) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for info in members:
+            if info.isfile():
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+            else:
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def use_source(monkeypatch: pytest.MonkeyPatch, **changes: object) -> dl.Source:
+    fields = {
+        "name": "test",
+        "url": "https://example.invalid/por-eng.zip",
+        "filename": "test.en-pt.tsv",
+        "member": "por.txt",
+        "sha256": None,
+        "size": None,
+        "description": "made-up pairs",
+        "licence": "CC0",
+    }
+    fields.update(changes)
+    src = dl.Source(**fields)  # type: ignore[arg-type]
+    monkeypatch.setitem(dl.SOURCES, "test", src)
+    return src
+
+
+def test_registry_has_tatoeba() -> None:
+    src = dl.SOURCES["tatoeba"]
+    assert src.url == "https://www.manythings.org/anki/por-eng.zip"
+    assert (src.member, src.filename) == ("por.txt", "tatoeba.en-pt.tsv")
+    assert src.sha256 is None and src.size is None
+
+
+def test_plain_download_and_extraction(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/por-eng.zip"] = make_zip({"por.txt": CORPUS})
+    use_source(monkeypatch)
+    dest = tmp_path / "data"
+    out = dl.download("test", dest, source=f"{url}/por-eng.zip", progress=False)
+    assert out == dest / "test.en-pt.tsv"
+    assert out.read_bytes() == CORPUS
+    assert sorted(p.name for p in dest.iterdir()) == ["test.en-pt.tsv"]  # archive deleted
+    assert state.requests[0]["user-agent"].startswith("nmt/")
+    assert "range" not in state.requests[0]
+
+
+def test_plain_file_with_matching_checksum(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/corpus.tsv"] = CORPUS
+    use_source(
+        monkeypatch,
+        member=None,
+        sha256=hashlib.sha256(CORPUS).hexdigest(),
+        size=len(CORPUS),
+    )
+    out = dl.download("test", tmp_path, source=f"{url}/corpus.tsv", progress=False)
+    assert out.read_bytes() == CORPUS
+    assert [p.name for p in tmp_path.iterdir()] == ["test.en-pt.tsv"]
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_interrupted_download_resumes(tmp_path, server, monkeypatch, honour_range) -> None:
+    url, state = server
+    archive = make_zip({"por.txt": CORPUS})
+    state.files["/por-eng.zip"] = archive
+    state.cut_after = len(archive) // 2
+    use_source(monkeypatch)
+    with pytest.raises(DataError, match="again"):
+        dl.download("test", tmp_path, source=f"{url}/por-eng.zip", progress=False)
+    part = tmp_path / "por-eng.zip.part"
+    assert part.read_bytes() == archive[: len(archive) // 2]
+    assert not (tmp_path / "test.en-pt.tsv").exists()
+
+    state.honour_range = honour_range
+    out = dl.download("test", tmp_path, source=f"{url}/por-eng.zip", progress=False)
+    assert state.requests[-1]["range"] == f"bytes={len(archive) // 2}-"
+    assert out.read_bytes() == CORPUS
+    assert not part.exists()
+
+
+def test_oversized_part_restarts_from_zero(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    archive = make_zip({"por.txt": CORPUS})
+    state.files["/por-eng.zip"] = archive
+    use_source(monkeypatch)
+    (tmp_path / "por-eng.zip.part").write_bytes(b"junk" * len(archive))
+    out = dl.download("test", tmp_path, source=f"{url}/por-eng.zip", progress=False)
+    assert out.read_bytes() == CORPUS
+    assert [r.get("range") for r in state.requests] == [f"bytes={4 * len(archive)}-", None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.en-pt.tsv"]
+
+
+def test_plain_file_mirror_for_archive_source(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/por.txt"] = CORPUS
+    use_source(monkeypatch)
+    out = dl.download("test", tmp_path, source=f"{url}/por.txt", progress=False)
+    assert out.read_bytes() == CORPUS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.en-pt.tsv"]
+
+
+def test_wrong_sha256_leaves_nothing(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/por-eng.zip"] = make_zip({"por.txt": CORPUS})
+    use_source(monkeypatch, sha256="0" * 64)
+    dest = tmp_path / "data"
+    with pytest.raises(DataError, match="SHA-256"):
+        dl.download("test", dest, source=f"{url}/por-eng.zip", progress=False)
+    assert list(dest.iterdir()) == []
+
+
+def test_size_mismatch_leaves_nothing(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    archive = make_zip({"por.txt": CORPUS})
+    state.files["/por-eng.zip"] = archive
+    use_source(monkeypatch, size=len(archive) + 1)
+    dest = tmp_path / "data"
+    with pytest.raises(DataError, match="bytes"):
+        dl.download("test", dest, source=f"{url}/por-eng.zip", progress=False)
+    assert list(dest.iterdir()) == []
+
+
+def _symlink_member() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("por.txt")
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        pytest.param(lambda: make_zip({"por.txt": CORPUS, "../evil": b"pwned"}), id="zip-dotdot"),
+        pytest.param(
+            lambda: make_tar([tarfile.TarInfo("/tmp/evil-abs"), tarfile.TarInfo("por.txt")]),
+            id="tar-absolute",
+        ),
+        pytest.param(lambda: make_tar([_symlink_member()]), id="tar-symlink"),
+    ],
+)
+def test_unsafe_archive_is_refused(tmp_path, server, monkeypatch, archive) -> None:
+    url, state = server
+    state.files["/bad.tar"] = archive()
+    use_source(monkeypatch)
+    dest = tmp_path / "a" / "data"
+    with pytest.raises(DataError, match="unsafe"):
+        dl.download("test", dest, source=f"{url}/bad.tar", progress=False)
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "data"]
+
+
+def test_local_archive_source(tmp_path, server, monkeypatch) -> None:
+    _, state = server
+    local = tmp_path / "mirror.zip"
+    local.write_bytes(make_zip({"por.txt": CORPUS}))
+    use_source(monkeypatch)
+    dest = tmp_path / "data"
+    out = dl.download("test", dest, source=str(local), progress=False)
+    assert out.read_bytes() == CORPUS
+    assert local.exists()  # the user's own archive is not deleted
+    assert state.requests == []
+
+
+def test_corrupt_archive_is_data_error(tmp_path, monkeypatch) -> None:
+    local = tmp_path / "broken.zip"
+    archive = bytearray(make_zip({"por.txt": CORPUS * 20}))
+    archive[60:80] = b"\xff" * 20  # damage the compressed data of the first member
+    local.write_bytes(bytes(archive))
+    use_source(monkeypatch, member="_about.txt")
+    dest = tmp_path / "data"
+    with pytest.raises(DataError, match="broken.zip"):
+        dl.download("test", dest, source=str(local), progress=False)
+    assert list(dest.iterdir()) == []
+
+
+def test_local_plain_file_and_file_url(tmp_path, monkeypatch) -> None:
+    local = tmp_path / "por.txt"
+    local.write_bytes(CORPUS)
+    use_source(monkeypatch)
+    out = dl.download("test", tmp_path / "a", source=str(local), progress=False)
+    assert out.read_bytes() == CORPUS
+    out = dl.download("test", tmp_path / "b", source=local.as_uri(), progress=False)
+    assert out.read_bytes() == CORPUS
+
+
+def test_missing_local_source(tmp_path, monkeypatch) -> None:
+    use_source(monkeypatch)
+    with pytest.raises(DataError, match=r"nope\.zip"):
+        dl.download("test", tmp_path, source=str(tmp_path / "nope.zip"), progress=False)
+
+
+def test_unknown_name(tmp_path) -> None:
+    with pytest.raises(UsageError, match="tatoeba"):
+        dl.download("no-such-corpus", tmp_path, progress=False)
+
+
+def test_registry_http_url_refused(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/por-eng.zip"] = make_zip({"por.txt": CORPUS})
+    use_source(monkeypatch, url=f"{url}/por-eng.zip")
+    with pytest.raises(DataError, match="https"):
+        dl.download("test", tmp_path, progress=False)
+    assert state.requests == []
+
+
+def test_already_downloaded_is_not_fetched(tmp_path, server, monkeypatch) -> None:
+    url, state = server
+    state.files["/por-eng.zip"] = make_zip({"por.txt": b"other\tcontent\tx\n"})
+    use_source(monkeypatch)
+    (tmp_path / "test.en-pt.tsv").write_bytes(CORPUS)
+    out = dl.download("test", tmp_path, source=f"{url}/por-eng.zip", progress=False)
+    assert out.read_bytes() == CORPUS
+    assert state.requests == []
+
+
+def test_network_error_is_data_error(tmp_path, server, monkeypatch) -> None:
+    url, _ = server
+    use_source(monkeypatch)
+    with pytest.raises(DataError, match="404"):
+        dl.download("test", tmp_path, source=f"{url}/missing.zip", progress=False)
+    with pytest.raises(DataError, match="run the command again"):
+        dl.download("test", tmp_path, source="http://127.0.0.1:1/x.zip", progress=False)
