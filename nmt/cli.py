@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from nmt import __version__
-from nmt.errors import NmtError
+from nmt.errors import NmtError, UsageError
 
 app = typer.Typer(
     help="Train, run and score attention-based neural machine translation models.",
@@ -153,6 +153,105 @@ def train_cmd(
         cfg = load_config(config, overrides)
     run_dir = train(cfg, runs_dir, resume, overwrite)
     typer.echo(str(run_dir))
+
+
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Checkpoint file or run directory (default: newest run's best.pt).")]
+BeamOpt = Annotated[Optional[int], typer.Option(
+    "--beam", "-b", min=1, help="Beam size; 1 is greedy (default: decode.beam).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+
+
+def _read_input(sentences: list[str], input_file: Optional[Path]) -> Optional[list[str]]:
+    from nmt.evaluation.evaluate import _read_lines
+
+    if sentences and input_file:
+        raise UsageError("give sentences or --input, not both")
+    if sentences:
+        return sentences
+    if input_file is not None:
+        if str(input_file) == "-":
+            return [line.rstrip("\r\n") for line in sys.stdin]
+        return _read_lines(input_file)
+    if sys.stdin.isatty():
+        return None
+    return [line.rstrip("\r\n") for line in sys.stdin]
+
+
+@app.command("translate")
+@handle_errors
+def translate_cmd(
+    sentences: Annotated[Optional[list[str]], typer.Argument(
+        help="Sentences to translate (default: --input, stdin, or a prompt).")] = None,
+    input_file: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="File with one sentence a line ('-' for stdin).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write translations here instead of stdout.")] = None,
+    checkpoint: CheckpointOpt = None,
+    beam: BeamOpt = None,
+    n_best: Annotated[int, typer.Option("--n-best", min=1, help="Hypotheses per sentence "
+                                        "(printed as INDEX<TAB>RANK<TAB>SCORE<TAB>TEXT).")] = 1,
+    length_penalty: Annotated[Optional[float], typer.Option(
+        "--length-penalty", min=0.0, help="Beam length-penalty alpha.")] = None,
+    max_len_ratio: Annotated[Optional[float], typer.Option(
+        "--max-len-ratio", min=0.01, help="Output at most this x source pieces (+ 10).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="Sentences per batch.")] = None,
+    attention: Annotated[Optional[Path], typer.Option(
+        "--attention", help="Folder for attention JSON and PNG heatmaps, one per sentence.")]
+    = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Show each greedy step: token, alternatives, attended words.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Translate English sentences into Portuguese."""
+    from nmt.inference.session import load_translator, run_translate
+
+    lines = _read_input(sentences or [], input_file)
+    if explain and (lines is None or len(lines) != 1):
+        raise UsageError("--explain takes exactly one sentence")
+    translator = load_translator(checkpoint, device, length_penalty=length_penalty,
+                                 max_len_ratio=max_len_ratio, batch_size=batch_size)
+    if n_best > 1 and (beam or translator.decode.beam) < n_best:
+        raise UsageError(f"--n-best {n_best} needs --beam of at least {n_best}")
+    run_translate(translator, lines, output, beam, n_best, attention, explain)
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    checkpoint: Annotated[Optional[list[Path]], typer.Option(
+        "--checkpoint", help="Checkpoint or run directory; repeat to compare in --by-length "
+        "(default: newest run's best.pt).")] = None,
+    src: Annotated[Optional[Path], typer.Option("--src", help="English test sentences.")] = None,
+    ref: Annotated[Optional[Path], typer.Option("--ref", help="Portuguese references.")] = None,
+    tsv: Annotated[Optional[Path], typer.Option(
+        "--tsv", help="Test set as English<TAB>Portuguese lines.")] = None,
+    beam: BeamOpt = None,
+    bleu: Annotated[bool, typer.Option("--bleu", help="BLEU (always reported).")] = True,
+    chrf: Annotated[bool, typer.Option("--chrf", help="Also chrF.")] = False,
+    ter: Annotated[bool, typer.Option("--ter", help="Also TER.")] = False,
+    metrics: Annotated[Optional[str], typer.Option(
+        "--metrics", help="Comma-separated: bleu,chrf,ter.")] = None,
+    by_length: Annotated[bool, typer.Option(
+        "--by-length", help="BLEU per source-length bucket, as a table and a PNG plot.")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Hypotheses file (default: in the run directory).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="PNG for --by-length (default: beside the hypotheses).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Translate a test set and score it with sacrebleu (the run's own test split by default)."""
+    from nmt.evaluation.session import metric_names, run_eval
+
+    if (src is None) != (ref is None):
+        raise UsageError("--src and --ref go together")
+    if tsv is not None and src is not None:
+        raise UsageError("give --tsv or --src/--ref, not both")
+    names = metric_names(metrics, chrf, ter)
+    run_eval(checkpoint or [None], src, ref, tsv, beam, names, by_length, output, plot,
+             as_json, device)
 
 
 def main() -> None:

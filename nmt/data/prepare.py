@@ -157,17 +157,19 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     cleaned = work / "cleaned.tsv"
     with cleaned.open("w", encoding="utf-8") as f:
         bar = tqdm(desc="reading", unit=" pairs", disable=not progress, mininterval=0.5)
-        for spec, _ in corpora:
+        for spec, paths in corpora:
+            before = len(keys)
             for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars):
                 bar.update()
                 pair = cleaner(src, tgt)
                 if pair is not None:
                     f.write(f"{pair[0]}\t{pair[1]}\n")
                     keys.append(split_key(pair[0]))
+            if len(keys) == before:
+                raise DataError(f"{paths[0]}: no usable pair in this corpus (lines skipped: "
+                                f"{dict(stats.skipped)}; pairs dropped: "
+                                f"{dict(cleaner.stats.dropped)})")
         bar.close()
-    if not keys:
-        raise DataError("no usable pair left after reading and cleaning "
-                        f"(skipped: {dict(stats.skipped)}, dropped: {dict(cleaner.stats.dropped)})")
     _write_splits(cleaned, assign_splits(keys, cfg.valid_size, cfg.test_size), work)
     cleaned.unlink()
     tokenizer = _train_tokenizer(cfg, work)

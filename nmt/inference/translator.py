@@ -80,6 +80,9 @@ class Translator:
             chunk = todo[start:start + size]
             hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
             for i, nbest in zip(chunk, hyps):
+                for h in nbest:
+                    if h.attention is not None:
+                        h.attention = h.attention[:, :len(ids[i])]  # drop batch padding
                 text = self.tokenizer.decode_tgt([nbest[0].tokens])[0]
                 pieces = self.tokenizer.src.id_to_piece(ids[i]) if keep_attention else []
                 results[i] = Translation(sources[i], text, nbest[0].score, nbest, pieces)

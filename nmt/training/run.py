@@ -136,7 +136,7 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    for name in ("spm.en.model", "spm.pt.model"):
+    for name in ("spm.en.model", "spm.pt.model", "test.en", "test.pt"):
         shutil.copyfile(prepared.path / name, run_dir / name)
 
 

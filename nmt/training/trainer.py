@@ -174,7 +174,9 @@ class Trainer:
 
     def _validate(self, window: dict, lr: float) -> None:
         p, s = self.progress, self.s
+        began = time.perf_counter()
         v = self.validate()
+        log.debug("validation took %.1f s", time.perf_counter() - began)
         score = v.score(s.metric)
         improved = p.best_score is None or score > p.best_score
         if improved:

@@ -1,0 +1,102 @@
+"""`nmt eval`: translate a test set, score it with sacrebleu, optionally by source length."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nmt.errors import DataError
+from nmt.evaluation.metrics import LENGTH_BUCKETS, Score, corpus_scores
+from nmt.inference.translator import Translator
+
+
+@dataclass
+class Bucket:
+    label: str  # e.g. "11-20"
+    sentences: int
+    bleu: float
+
+
+@dataclass
+class EvalResult:
+    checkpoint: str
+    sentences: int
+    beam: int
+    scores: list[Score]
+    hypotheses: str  # file with one detokenised hypothesis per line
+    seconds: float
+    by_length: list[Bucket] = field(default_factory=list)
+
+    @property
+    def sentences_per_s(self) -> float:
+        return self.sentences / self.seconds if self.seconds else 0.0
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    lines = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                lines.append(raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: invalid UTF-8") from None
+    if not lines:
+        raise DataError(f"{path}: empty file, expected one sentence a line")
+    return lines
+
+
+def read_test_set(src: Path | None, ref: Path | None,
+                  tsv: Path | None) -> tuple[list[str], list[str]]:
+    """Sources and references from a pair of line-aligned files or a TSV (English, Portuguese)."""
+    if tsv is not None:
+        sources, refs = [], []
+        for number, line in enumerate(_read_lines(tsv), start=1):
+            cols = line.split("\t")
+            if len(cols) < 2:
+                raise DataError(f"{tsv}:{number}: expected English<TAB>Portuguese")
+            sources.append(cols[0])
+            refs.append(cols[1])
+        return sources, refs
+    assert src is not None and ref is not None
+    sources, refs = _read_lines(src), _read_lines(ref)
+    if len(sources) != len(refs):
+        raise DataError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}: "
+                        f"sources and references must be line-aligned")
+    return sources, refs
+
+
+def bucket_label(lo: int, hi: int | None) -> str:
+    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+
+
+def by_length(sources: list[str], hyps: list[str], refs: list[str]) -> list[Bucket]:
+    """BLEU per source-length bucket (words); the buckets partition the test set."""
+    out = []
+    for lo, hi in LENGTH_BUCKETS:
+        idx = [i for i, s in enumerate(sources) if lo <= max(1, len(s.split())) <= (hi or 10**9)]
+        if not idx:
+            continue
+        (bleu,) = corpus_scores([hyps[i] for i in idx], [refs[i] for i in idx], ("bleu",))
+        out.append(Bucket(bucket_label(lo, hi), len(idx), bleu.value))
+    return out
+
+
+def evaluate(translator: Translator, sources: list[str], refs: list[str], beam: int,
+             metrics: tuple[str, ...], hyp_path: Path, checkpoint: str,
+             lengths: bool = False, progress: bool = True) -> EvalResult:
+    start = time.perf_counter()
+    translations = translator.translate(sources, beam=beam, progress=progress)
+    seconds = time.perf_counter() - start
+    hyps = [t.text for t in translations]
+    hyp_path.parent.mkdir(parents=True, exist_ok=True)
+    hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    result = EvalResult(checkpoint, len(sources), beam, corpus_scores(hyps, refs, metrics),
+                        str(hyp_path), seconds)
+    if lengths:
+        result.by_length = by_length(sources, hyps, refs)
+    return result

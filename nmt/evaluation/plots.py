@@ -1,0 +1,46 @@
+"""Figures: attention heatmaps and BLEU by source length (PNG, via matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def attention_heatmap(matrix: list[list[float]], source: list[str], target: list[str],
+                      path: Path, title: str = "") -> None:
+    """Target tokens down, source tokens across; darker is more attention."""
+    width = max(4.0, 0.45 * len(source) + 2)
+    height = max(3.0, 0.4 * len(target) + 1.5)
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.imshow(matrix, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(len(target)), target, fontsize=9)
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bleu_by_length(series: dict[str, list[tuple[str, float]]], path: Path,
+                   title: str = "BLEU by source length") -> None:
+    """One line per model: (bucket label, BLEU) points."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        labels = [b for b, _ in points]
+        ax.plot(range(len(points)), [s for _, s in points], marker="o", label=name)
+        ax.set_xticks(range(len(points)), labels)
+    ax.set_xlabel("source sentence length (words)")
+    ax.set_ylabel("BLEU")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

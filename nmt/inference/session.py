@@ -1,0 +1,93 @@
+"""`nmt translate`: load a translator from a checkpoint and run it on sentences, a file, stdin
+or an interactive prompt; results go to stdout (or --output), logs to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nmt.evaluation.plots import attention_heatmap
+from nmt.inference.explain import attention_record, explain_lines
+from nmt.inference.translator import Translator
+from nmt.training import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    from nmt.training.run import pick_device as pick
+
+    return pick(name)
+
+
+def load_translator(path: Path | None, device: str = "cpu", **decode) -> Translator:
+    """The translator of a checkpoint file or run directory (default: the newest run's best)."""
+    resolved = checkpoint.resolve(path if path is not None else checkpoint.latest_run())
+    log.info("using checkpoint %s", resolved)
+    translator, _ = Translator.from_checkpoint(resolved, pick_device(device))
+    changes = {k: v for k, v in decode.items() if v is not None}
+    if changes:
+        translator.decode = replace(translator.decode, **changes)
+    translator.path = resolved
+    return translator
+
+
+def run_translate(translator: Translator, lines: list[str] | None, output: Path | None,
+                  beam: int | None, n_best: int, attention_dir: Path | None,
+                  explain: bool) -> None:
+    if lines is None:
+        _interactive(translator, beam)
+        return
+    keep = attention_dir is not None or explain
+    results = translator.translate(lines, beam=1 if explain else beam, n_best=n_best,
+                                   keep_attention=keep, top_k=3 if explain else 0,
+                                   progress=len(lines) > 100)
+    if explain:
+        for line in explain_lines(translator, results[0]):
+            sys.stderr.write(line + "\n")
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        for i, tr in enumerate(results):
+            if n_best == 1:
+                out.write(tr.text + "\n")
+                continue
+            for rank, hyp in enumerate(tr.hypotheses, start=1):
+                text = translator.tokenizer.decode_tgt([hyp.tokens])[0]
+                out.write(f"{i + 1}\t{rank}\t{hyp.score:.4f}\t{text}\n")
+        out.flush()
+    finally:
+        if output:
+            out.close()
+    if attention_dir is not None:
+        write_attention(translator, results, attention_dir)
+
+
+def write_attention(translator: Translator, results: list, folder: Path) -> None:
+    """attention-N.json (pieces and words) and attention-N.png per sentence."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, tr in enumerate(results, start=1):
+        if not tr.src_pieces:
+            continue
+        record = attention_record(translator, tr)
+        (folder / f"attention-{i}.json").write_text(json.dumps(record, ensure_ascii=False,
+                                                               indent=1), encoding="utf-8")
+        attention_heatmap(record["word_attention"], record["source_words"],
+                          record["target_words"], folder / f"attention-{i}.png",
+                          title=tr.text)
+    log.info("attention written to %s/", folder)
+
+
+def _interactive(translator: Translator, beam: int | None) -> None:
+    sys.stderr.write("Type an English sentence and press Enter (Ctrl-D to quit).\n")
+    while True:
+        try:
+            line = input("en> ")
+        except EOFError:
+            sys.stderr.write("\n")
+            return
+        print(translator.translate([line], beam=beam)[0].text, flush=True)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small corpora written here, tiny configs, one tiny trained run per session."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CORPUS = ROOT / "tests" / "data" / "tiny.en-pt.tsv"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch):
+    """Tests never read the user's corpora or change torch's global thread count for good."""
+    monkeypatch.delenv("NMT_DATA_DIR", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run fastest on one thread
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp: Path, **train) -> Config:
+    """configs/tiny.yaml with its corpus copied into `tmp` and outputs under `tmp`."""
+    corpus = tmp / "corpus.tsv"
+    if not corpus.exists():
+        shutil.copyfile(TINY_CORPUS, corpus)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    data = replace(cfg.data, dir=str(tmp), prepared_dir=str(tmp / "prepared"),
+                   corpora=(replace(cfg.data.corpora[0], path="corpus.tsv"),))
+    return replace(cfg, data=data, train=replace(cfg.train, **train))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny model trained once for the inference and evaluation tests."""
+    from nmt.training.run import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = tiny_config(tmp, max_steps=150)
+    return train(cfg, runs_dir=tmp / "runs")
