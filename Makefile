@@ -15,7 +15,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
@@ -23,9 +22,18 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest
 
+# The demo trains the default config on a shorter budget (DEMO_MINUTES) under runs/demo/.
+DEMO_MINUTES ?= 10
+NMT := $(VENV)/bin/nmt
+
 demo: install
-	@if [ -z "$$NMT_DATA_DIR" ]; then $(VENV)/bin/nmt data download tatoeba; fi
-	$(VENV)/bin/nmt data prepare --config $(CONFIG)
+	@if [ -z "$$NMT_DATA_DIR" ]; then $(NMT) data download tatoeba; fi
+	$(NMT) data prepare --config $(CONFIG)
+	$(NMT) train --config $(CONFIG) --overwrite --set name=demo \
+		--set train.max_minutes=$(DEMO_MINUTES) --set train.valid_every=250
+	$(NMT) eval --checkpoint runs/demo --chrf
+	$(NMT) translate --checkpoint runs/demo "The cat sleeps on the sofa." \
+		"I would like to book a table for two, please." "Where is the nearest train station?"
 
 lint: install
 	$(VENV)/bin/ruff check nmt tests scripts

@@ -70,7 +70,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logs and tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
@@ -111,7 +112,7 @@ def data_prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
 
     cfg = load_config(config, set_ or [])
     prepared = prepare(cfg.data)
-    typer.echo(summary_table(prepared))
+    typer.echo(summary_table(prepared, cfg.train.batch_tokens, cfg.train.seed))
 
 
 @app.command("train")

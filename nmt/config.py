@@ -103,7 +103,7 @@ class DecodeConfig:
     beam: int = 5  # beam size (1: greedy)
     length_penalty: float = 1.0  # alpha of the GNMT length penalty ((5 + len) / 6) ** alpha
     max_len_ratio: float = 2.0  # output at most ratio x source pieces + max_len_add
-    max_len_add: int = 10
+    max_len_add: int = 10  # see max_len_ratio
     batch_size: int = 64  # sentences translated together
     n_best: int = 1  # hypotheses returned per sentence
 
@@ -257,7 +257,8 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     for key in raw:
         if key not in names:
             problems.append(
-                f"{path + '.' if path else ''}{key}: unknown key (valid: {', '.join(sorted(names))})"
+                f"{path + '.' if path else ''}{key}: unknown key "
+                f"(valid: {', '.join(sorted(names))})"
             )
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -341,7 +342,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_yaml(path: Path) -> Any:
     """Reads a YAML file with the safe loader; errors name the file, line and column."""
     if not path.exists():
-        raise ConfigError([f"file not found (expected a YAML config)"], str(path))
+        raise ConfigError(["file not found (expected a YAML config)"], str(path))
     if path.is_dir():
         raise ConfigError(["is a directory (expected a YAML config file)"], str(path))
     try:

@@ -115,3 +115,20 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(path)
+
+
+def test_readme_documents_every_key():
+    import dataclasses
+
+    readme = (ROOT / "README.md").read_text()
+
+    def keys(cls, prefix):
+        for f in dataclasses.fields(cls):
+            factory = f.default_factory
+            if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+                yield from keys(factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    missing = [k for k in keys(Config, "") if f"`{k}`" not in readme]
+    assert not missing

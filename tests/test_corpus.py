@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 
 from nmt.config import CorpusConfig, DataConfig
-from nmt.data.corpus import (Cleaner, ReadStats, assign_splits, normalize, read_corpus,
-                             read_protected, split_key)
+from nmt.data.corpus import (
+    Cleaner,
+    ReadStats,
+    assign_splits,
+    normalize,
+    read_corpus,
+    read_protected,
+    split_key,
+)
 from nmt.errors import DataError
 
 
@@ -34,7 +41,7 @@ def test_anki_three_columns_drop_attribution(tmp_path):
 
 
 def test_tatoeba_challenge_four_columns(tmp_path):
-    rows, _ = read(tmp_path, "eng\tpor\tI run.\tEu corro.\n".encode())
+    rows, _ = read(tmp_path, b"eng\tpor\tI run.\tEu corro.\n")
     assert rows == [(1, "I run.", "Eu corro.")]
 
 

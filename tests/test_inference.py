@@ -40,8 +40,9 @@ def test_beam_one_equals_greedy(translator, sources):
     from nmt.inference.search import beam_search, greedy
 
     ids = [translator.tokenizer.encode_src([s])[0] for s in sources[:20]]
-    from nmt.data.batching import pad_sources
     import numpy as np
+
+    from nmt.data.batching import pad_sources
 
     src, lengths = pad_sources([np.asarray(x) for x in ids])
     max_len = lengths * 2 + 10

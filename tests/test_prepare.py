@@ -7,11 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import tiny_config
 from nmt.data.batching import Dataset, collate, padding_fraction, token_batches
 from nmt.data.prepare import prepare
 from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.errors import DataError
+
+from conftest import tiny_config
 
 
 @pytest.fixture

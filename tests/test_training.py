@@ -13,10 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import ROOT, tiny_config
 from nmt.cli import app
 from nmt.training import checkpoint
 from nmt.training.run import resume_config, train
+
+from conftest import ROOT, tiny_config
 
 runner = CliRunner()
 

@@ -4,7 +4,7 @@ Readers stream `(line_number, english, portuguese)` from one corpus and count th
 by reason. Formats (`data.corpora[].format`):
 
     tsv      English<TAB>Portuguese
-    anki     English<TAB>Portuguese<TAB>attribution        (Tatoeba/Anki export; attribution dropped)
+    anki     English<TAB>Portuguese<TAB>attribution   (Tatoeba/Anki export; attribution dropped)
     tatoeba  eng<TAB>por<TAB>English<TAB>Portuguese        (Tatoeba challenge)
     text     two line-aligned files, English and Portuguese
     auto     tsv, anki or tatoeba by the column count of the first non-empty line
@@ -131,8 +131,10 @@ def _read_text_pair(src_path: Path, tgt_path: Path, stats: ReadStats, max_chars:
             )
         stats.read += 1
         src = _decode(s_raw, f"{src_path.name}:{number}", stats, max_chars)
-        tgt = _decode(t_raw, f"{tgt_path.name}:{number}", stats, max_chars) if src is not None else None
-        if src is None or tgt is None:
+        if src is None:
+            continue
+        tgt = _decode(t_raw, f"{tgt_path.name}:{number}", stats, max_chars)
+        if tgt is None:
             continue
         if not src.strip() and not tgt.strip():
             stats.skip("empty line", f"{src_path.name}:{number}")

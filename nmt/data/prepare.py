@@ -1,6 +1,6 @@
 """The data pipeline, raw corpora to a cached, split, encoded dataset.
 
-    corpora --read--> raw pairs --clean/filter/dedup/leakage--> pairs --hash split--> train/valid/test
+    corpora --read--> raw pairs --clean/filter/dedup/leakage--> pairs --split--> train/valid/test
     train split --SentencePiece--> models --encode--> ids (flat arrays + offsets, .npz)
 
 The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config and the
@@ -24,8 +24,15 @@ import numpy as np
 from tqdm import tqdm
 
 from nmt.config import DataConfig, data_dir
-from nmt.data.corpus import (Cleaner, ReadStats, assign_splits, corpus_paths, read_corpus,
-                             read_protected, split_key)
+from nmt.data.corpus import (
+    Cleaner,
+    ReadStats,
+    assign_splits,
+    corpus_paths,
+    read_corpus,
+    read_protected,
+    split_key,
+)
 from nmt.data.tokenizer import Tokenizer, chunks, train_model
 from nmt.errors import DataError
 
@@ -183,6 +190,7 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
         summary.avg_pieces.update({f"{split}.{lang}": a for lang, a in zip(LANGS, avg)})
         if too_long:
             summary.dropped["too many pieces"] = too_long
+            summary.kept -= too_long
     summary.vocab = {"en": tokenizer.src_vocab_size, "pt": tokenizer.tgt_vocab_size}
     summary.seconds = time.perf_counter() - start
     return summary

@@ -11,7 +11,6 @@ source positions, exactly 0 on padding; `context` is (B, K), the weighted sum of
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 
 import torch

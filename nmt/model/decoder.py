@@ -8,8 +8,8 @@ One step, t:
 
 `embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
 target in training); `step` does the rest of one step and is the only path, used by teacher
-forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6) lives in
-the model, so training can apply it once to all steps.
+forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6)
+lives in the model, so training can apply it once to all steps.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import yaml
 from nmt.config import Config, from_dict, to_dict
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
+from nmt.data.report import batching_line
 from nmt.errors import ConfigError, Interrupted, UsageError
 from nmt.evaluation.metrics import corpus_scores
 from nmt.inference.translator import Translator
@@ -126,6 +127,7 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
         _write_run_files(run_dir, cfg, prepared)
     log.info("run %s: %s parameters, %d training pairs, device %s, %d threads", run_dir,
              f"{count_parameters(model):,}", len(trainer.data), device, torch.get_num_threads())
+    log.info("training data: %s", batching_line(trainer.data, t.batch_tokens, t.seed))
     with _signals(trainer):
         trainer.run()
     if trainer.stop_signal is not None:

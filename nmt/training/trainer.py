@@ -186,7 +186,8 @@ class Trainer:
         self.schedule.observe(score)
         p.last_valid_step = p.step
         train_loss = window["loss"] / max(1, window["tokens"])
-        row = {"step": p.step, "epoch": p.epoch, "lr": f"{lr:.3g}", "train_loss": f"{train_loss:.4f}",
+        row = {"step": p.step, "epoch": p.epoch, "lr": f"{lr:.3g}",
+               "train_loss": f"{train_loss:.4f}",
                "valid_loss": f"{v.loss:.4f}", "valid_ppl": f"{math.exp(min(v.loss, 50)):.2f}",
                "bleu": f"{v.bleu:.2f}", "chrf": f"{v.chrf:.2f}",
                "tgt_tokens_per_s": f"{p.tgt_tokens / max(p.seconds, 1e-9):.0f}",
