@@ -181,3 +181,45 @@ def test_cli_eval_custom_files_and_errors(trained_run, tmp_path):
     assert unreadable.exit_code == 1 and "broken.pt" in unreadable.stderr
     usage = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--src", str(src)])
     assert usage.exit_code == 2
+
+
+def test_cli_eval_compares_checkpoints_by_length(trained_run, tmp_path):
+    plot = tmp_path / "len.png"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(trained_run / "best.pt"),
+                                 "--checkpoint", str(trained_run / "last.pt"), "--by-length",
+                                 "--plot", str(plot)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("checkpoint:") == 2
+    assert "source words" in result.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_translate_interactive_prompt(trained_run):
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "nmt", "translate", "--checkpoint",
+                                  str(trained_run)])
+    output = b""
+
+    def read_prompts(count: int, timeout: float = 60) -> None:
+        nonlocal output
+        end = time.time() + timeout
+        while output.count(b"en> ") < count and time.time() < end:
+            if select.select([fd], [], [], 0.5)[0]:
+                output += os.read(fd, 4096)
+
+    read_prompts(1)
+    os.write(fd, b"The cat sees the ball.\n")
+    read_prompts(2)
+    os.write(fd, b"\x04")  # Ctrl-D ends the session
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert output.count(b"en> ") == 2
+    answer = output.split(b"en> ")[1].decode().splitlines()[-1]
+    assert answer.startswith("O gato") or answer.startswith("Os gatos")
+    assert os.waitstatus_to_exitcode(status) == 0

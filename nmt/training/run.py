@@ -91,6 +91,8 @@ def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
                 total, tokens = total + loss.item(), tokens + n
         hyps = [t.text for t in translator.translate(sources, beam=1)]
         bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
+        log.debug("validation scores: %s [%s]; %s [%s]", bleu.text, bleu.signature, chrf.text,
+                  chrf.signature)
         return Validation(total / max(tokens, 1), bleu.value, chrf.value)
 
     return validate

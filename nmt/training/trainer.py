@@ -30,7 +30,7 @@ from nmt.training.schedule import Schedule
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "train_loss", "valid_loss", "valid_ppl", "bleu", "chrf",
-                  "tgt_tokens_per_s", "minutes"]
+                  "tgt_tokens_per_s", "minutes", "valid_minutes"]
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Progress:
     best_step: int = 0
     bad_validations: int = 0
     kept: list = field(default_factory=list)  # [score, step] of the step-N.pt files kept
-    seconds: float = 0.0  # training time so far
+    seconds: float = 0.0  # wall time so far, validation included
+    valid_seconds: float = 0.0  # of which spent validating
     tgt_tokens: int = 0
     last_valid_step: int = -1
 
@@ -96,7 +97,7 @@ class Trainer:
         p, s = self.progress, self.s
         bar = tqdm(total=s.max_steps or None, initial=p.step, unit=" step", dynamic_ncols=True,
                    mininterval=1.0)
-        start = time.perf_counter() - p.seconds
+        self._start = time.perf_counter() - p.seconds
         window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
         bad_in_row = 0
         reason = None
@@ -129,7 +130,7 @@ class Trainer:
                 p.tgt_tokens += n
                 window["loss"] += loss.item()
                 window["tokens"] += n
-                p.seconds = time.perf_counter() - start
+                p.seconds = time.perf_counter() - self._start
                 bar.update()
                 if p.step % s.log_every == 0:
                     self._log(bar, window, lr)
@@ -176,7 +177,8 @@ class Trainer:
         p, s = self.progress, self.s
         began = time.perf_counter()
         v = self.validate()
-        log.debug("validation took %.1f s", time.perf_counter() - began)
+        p.valid_seconds += time.perf_counter() - began
+        p.seconds = time.perf_counter() - self._start
         score = v.score(s.metric)
         improved = p.best_score is None or score > p.best_score
         if improved:
@@ -190,8 +192,10 @@ class Trainer:
                "train_loss": f"{train_loss:.4f}",
                "valid_loss": f"{v.loss:.4f}", "valid_ppl": f"{math.exp(min(v.loss, 50)):.2f}",
                "bleu": f"{v.bleu:.2f}", "chrf": f"{v.chrf:.2f}",
-               "tgt_tokens_per_s": f"{p.tgt_tokens / max(p.seconds, 1e-9):.0f}",
-               "minutes": f"{p.seconds / 60:.1f}"}
+               "tgt_tokens_per_s":
+                   f"{p.tgt_tokens / max(p.seconds - p.valid_seconds, 1e-9):.0f}",
+               "minutes": f"{p.seconds / 60:.1f}",
+               "valid_minutes": f"{p.valid_seconds / 60:.1f}"}
         self._append_metrics(row)
         log.info("validation at step %d: loss %.3f ppl %s BLEU %.2f chrF %.2f%s", p.step, v.loss,
                  row["valid_ppl"], v.bleu, v.chrf, " (best)" if improved else "")
