@@ -163,7 +163,8 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     keys: list[bytes] = []
     cleaned = work / "cleaned.tsv"
     with cleaned.open("w", encoding="utf-8") as f:
-        bar = tqdm(desc="reading", unit=" pairs", disable=not progress, mininterval=0.5)
+        bar = tqdm(desc="reading", unit=" pairs", disable=None if progress else True,
+                   mininterval=0.5)
         for spec, paths in corpora:
             before = len(keys)
             for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars):

@@ -76,7 +76,7 @@ class Translator:
         todo = [i for i in np.argsort([-len(x) for x in ids], kind="stable") if ids[i]]
         size = self.decode.batch_size
         for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
-                          disable=not progress, leave=False):
+                          disable=None if progress else True, leave=False):
             chunk = todo[start:start + size]
             hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
             for i, nbest in zip(chunk, hyps):

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from nmt.config import TrainConfig
-from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.batching import Batch, Dataset, collate, token_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.training import checkpoint
@@ -67,6 +67,7 @@ class Trainer:
         self.run_dir, self.saved, self.device = run_dir, saved, device
         self.progress = Progress()
         self.stop_signal: int | None = None  # set by a signal handler
+        self._bad_in_row = 0  # non-finite losses in a row
         self._widths = data.widths
 
     # -- state -----------------------------------------------------------------------------
@@ -96,41 +97,20 @@ class Trainer:
     def run(self) -> Progress:
         p, s = self.progress, self.s
         bar = tqdm(total=s.max_steps or None, initial=p.step, unit=" step", dynamic_ncols=True,
-                   mininterval=1.0)
+                   mininterval=1.0, disable=None)  # no bar when stderr is not a terminal
         self._start = time.perf_counter() - p.seconds
         window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
-        bad_in_row = 0
         reason = None
         while reason is None:
             batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
             while p.batch < len(batches) and reason is None:
-                batch = collate(self.data, batches[p.batch]).to(self.device)
                 lr = self.schedule.lr_at(p.step + 1)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.model.train()
-                loss, n = self.model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                                          s.label_smoothing)
+                done = self._update(collate(self.data, batches[p.batch]), lr)
                 p.batch += 1
-                if not math.isfinite(loss.item()):
-                    bad_in_row += 1
-                    log.warning("non-finite loss at step %d: batch skipped (%d in a row)",
-                                p.step + 1, bad_in_row)
-                    if bad_in_row >= s.max_bad_steps:
-                        raise TrainingError(f"loss was not finite for {bad_in_row} batches in a "
-                                            f"row; stopped (last good checkpoint kept)")
+                if done is None:
                     continue
-                bad_in_row = 0
-                (loss / n).backward()
-                if s.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                p.step += 1
-                p.tgt_tokens += n
-                window["loss"] += loss.item()
-                window["tokens"] += n
-                p.seconds = time.perf_counter() - self._start
+                window["loss"] += done[0]
+                window["tokens"] += done[1]
                 bar.update()
                 if p.step % s.log_every == 0:
                     self._log(bar, window, lr)
@@ -138,8 +118,7 @@ class Trainer:
                     self._validate(window, lr)
                 reason = self._stop_reason()
             if p.batch >= len(batches) and reason is None:
-                p.epoch += 1
-                p.batch = 0
+                p.epoch, p.batch = p.epoch + 1, 0
                 if s.max_epochs and p.epoch >= s.max_epochs:
                     reason = f"{p.epoch} epochs done"
         bar.close()
@@ -150,6 +129,36 @@ class Trainer:
         log.info("stopped: %s (step %d, best %s at step %d)", reason, p.step,
                  _fmt(p.best_score), p.best_step)
         return p
+
+    def _update(self, batch: Batch, lr: float) -> tuple[float, int] | None:
+        """One optimizer step on `batch`; returns (summed loss, target tokens), or None when
+        the loss was not finite and the batch was skipped."""
+        p, s = self.progress, self.s
+        batch = batch.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss, n = self.model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                                  s.label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            self._bad_in_row += 1
+            log.warning("non-finite loss at step %d: batch skipped (%d in a row)", p.step + 1,
+                        self._bad_in_row)
+            if self._bad_in_row >= s.max_bad_steps:
+                raise TrainingError(f"loss was not finite for {self._bad_in_row} batches in a "
+                                    f"row; stopped (last good checkpoint kept)")
+            return None
+        self._bad_in_row = 0
+        (loss / n).backward()
+        if s.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        p.step += 1
+        p.tgt_tokens += n
+        p.seconds = time.perf_counter() - self._start
+        return value, n
 
     def _stop_reason(self) -> str | None:
         p, s = self.progress, self.s
@@ -170,7 +179,8 @@ class Trainer:
         loss = window["loss"] / max(1, window["tokens"])
         to_valid = self.s.valid_every - self.progress.step % self.s.valid_every
         bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} {rate:,.0f} tok/s valid in {to_valid}")
-        log.debug("step %d loss %.4f lr %.2e %.0f tgt tok/s", self.progress.step, loss, lr, rate)
+        log.log(logging.DEBUG if not bar.disable else logging.INFO,
+                "step %d loss %.4f lr %.2e %.0f tgt tok/s", self.progress.step, loss, lr, rate)
         window["time"], window["tgt"] = time.perf_counter(), self.progress.tgt_tokens
 
     def _validate(self, window: dict, lr: float) -> None:
