@@ -135,7 +135,7 @@ def train_cmd(
     """Train a model; writes runs/<name>/ (config, tokenizer, checkpoints, metrics.csv)."""
     from nmt.config import load_config
     from nmt.errors import UsageError
-    from nmt.training.run import resume_config, train
+    from nmt.train import resume_config, train
 
     overrides = list(set_ or [])
     if device is not None:
@@ -206,7 +206,8 @@ def translate_cmd(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate English sentences into Portuguese."""
-    from nmt.inference.session import load_translator, run_translate
+    from nmt.inference.translator import load_translator
+    from nmt.translate import run_translate
 
     lines = _read_input(sentences or [], input_file)
     if explain and (lines is None or len(lines) != 1):

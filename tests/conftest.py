@@ -39,7 +39,7 @@ def tiny_config(tmp: Path, **train) -> Config:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A tiny model trained once for the inference and evaluation tests."""
-    from nmt.training.run import train
+    from nmt.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = tiny_config(tmp, max_steps=150)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from nmt.cli import app
 from nmt.evaluation.evaluate import by_length
-from nmt.inference.session import load_translator
+from nmt.inference.translator import load_translator
 
 runner = CliRunner()
 

@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from nmt.cli import app
+from nmt.train import resume_config, train
 from nmt.training import checkpoint
-from nmt.training.run import resume_config, train
 
 from conftest import ROOT, tiny_config
 

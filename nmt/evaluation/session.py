@@ -13,7 +13,7 @@ from nmt.errors import UsageError
 from nmt.evaluation.evaluate import EvalResult, evaluate, read_test_set
 from nmt.evaluation.metrics import METRICS
 from nmt.evaluation.plots import bleu_by_length
-from nmt.inference.session import load_translator
+from nmt.inference.translator import load_translator
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ training data was, batch by length, search, restore the input order, detokenise.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import pad_sources
 from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
+from nmt.device import pick_device
 from nmt.errors import CheckpointError
 from nmt.inference.search import Hypothesis, beam_search, greedy
 from nmt.model.seq2seq import Seq2Seq, build_model
@@ -102,3 +103,15 @@ class Translator:
 
     def target_pieces(self, hyp: Hypothesis) -> list[str]:
         return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]
+
+
+def load_translator(path: Path | None, device: str = "cpu", **decode) -> Translator:
+    """The translator of a checkpoint file or run directory (default: the newest run's best)."""
+    resolved = checkpoint.resolve(path if path is not None else checkpoint.latest_run())
+    log.info("using checkpoint %s", resolved)
+    translator, _ = Translator.from_checkpoint(resolved, pick_device(device))
+    changes = {k: v for k, v in decode.items() if v is not None}
+    if changes:
+        translator.decode = replace(translator.decode, **changes)
+    translator.path = resolved
+    return translator

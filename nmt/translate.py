@@ -1,40 +1,18 @@
-"""`nmt translate`: load a translator from a checkpoint and run it on sentences, a file, stdin
-or an interactive prompt; results go to stdout (or --output), logs to stderr."""
+"""`nmt translate`: run a translator on sentences, a file, stdin or an interactive prompt;
+results go to stdout (or --output), logs to stderr. Only the CLI imports this module."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 from nmt.evaluation.plots import attention_heatmap
 from nmt.inference.explain import attention_record, explain_lines
 from nmt.inference.translator import Translator
-from nmt.training import checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    from nmt.training.run import pick_device as pick
-
-    return pick(name)
-
-
-def load_translator(path: Path | None, device: str = "cpu", **decode) -> Translator:
-    """The translator of a checkpoint file or run directory (default: the newest run's best)."""
-    resolved = checkpoint.resolve(path if path is not None else checkpoint.latest_run())
-    log.info("using checkpoint %s", resolved)
-    translator, _ = Translator.from_checkpoint(resolved, pick_device(device))
-    changes = {k: v for k, v in decode.items() if v is not None}
-    if changes:
-        translator.decode = replace(translator.decode, **changes)
-    translator.path = resolved
-    return translator
 
 
 def run_translate(translator: Translator, lines: list[str] | None, output: Path | None,

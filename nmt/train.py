@@ -1,5 +1,8 @@
 """`nmt train`: turns a config into built objects, a run directory and a `Trainer`, and handles
-resuming and signals. The run directory holds everything `translate` and `eval` need."""
+resuming and signals. The run directory holds everything `translate` and `eval` need.
+
+This module sits on top of the pipeline (data, model, training, inference, evaluation): only
+the CLI imports it."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import logging
 import random
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +18,18 @@ import torch
 import yaml
 
 from nmt.config import Config, from_dict, to_dict
-from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.batching import Dataset
 from nmt.data.prepare import Prepared, prepare
 from nmt.data.report import batching_line
+from nmt.device import pick_device
 from nmt.errors import ConfigError, Interrupted, UsageError
-from nmt.evaluation.metrics import corpus_scores
-from nmt.inference.translator import Translator
-from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
+from nmt.evaluation.validation import make_validator
+from nmt.model.seq2seq import build_model, count_parameters
 from nmt.training import checkpoint
 from nmt.training.schedule import Schedule
-from nmt.training.trainer import Trainer, Validation
+from nmt.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available (use --device cpu)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -65,37 +59,6 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     if changed:
         raise ConfigError([f"{s}: cannot change when resuming" for s in changed])
     return cfg
-
-
-def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
-                   device: torch.device) -> Callable[[], Validation]:
-    """Validation: teacher-forced loss on the valid split, and BLEU/chrF of greedy translations
-    through `Translator`, the same path `nmt eval` takes."""
-    valid = Dataset.load(prepared.ids("valid"))
-    batches = token_batches(valid.widths, cfg.train.batch_tokens, 0, 0, shuffle=False)
-    sources = prepared.text("valid", "en").read_text(encoding="utf-8").splitlines()
-    refs = prepared.text("valid", "pt").read_text(encoding="utf-8").splitlines()
-    if cfg.train.valid_max_sentences:
-        sources = sources[:cfg.train.valid_max_sentences]
-        refs = refs[:cfg.train.valid_max_sentences]
-    translator = Translator(model, prepared.tokenizer(), cfg.decode, 4 * cfg.data.max_pieces,
-                            device)
-
-    def validate() -> Validation:
-        model.eval()
-        total, tokens = 0.0, 0
-        with torch.inference_mode():
-            for index in batches:
-                b = collate(valid, index).to(device)
-                loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
-                total, tokens = total + loss.item(), tokens + n
-        hyps = [t.text for t in translator.translate(sources, beam=1)]
-        bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
-        log.debug("validation scores: %s [%s]; %s [%s]", bleu.text, bleu.signature, chrf.text,
-                  chrf.signature)
-        return Validation(total / max(tokens, 1), bleu.value, chrf.value)
-
-    return validate
 
 
 def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None,
