@@ -145,3 +145,27 @@ def test_cli_help_documents_every_command():
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.stdout
         assert "Usage" in result.stdout
+
+
+def test_non_finite_losses_skip_batches_then_stop(tmp_path, monkeypatch):
+    from nmt.errors import TrainingError
+    from nmt.model.seq2seq import Seq2Seq
+
+    real_loss = Seq2Seq.loss
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        loss, n = real_loss(self, *args, **kwargs)
+        if not self.training:  # validation stays finite
+            return loss, n
+        calls["n"] += 1
+        return (loss * float("nan"), n) if calls["n"] > 20 else (loss, n)
+
+    monkeypatch.setattr(Seq2Seq, "loss", flaky)
+    cfg = tiny_config(tmp_path, max_steps=100, valid_every=10, valid_max_sentences=4,
+                      max_bad_steps=3)
+    with pytest.raises(TrainingError, match="not finite for 3 batches"):
+        train(cfg, runs_dir=tmp_path / "runs")
+    last = checkpoint.load(tmp_path / "runs" / "tiny" / "last.pt")
+    assert last["step"] == 20
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
