@@ -164,17 +164,16 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
 
 
 def _read_input(sentences: list[str], input_file: Optional[Path]) -> Optional[list[str]]:
-    from nmt.evaluation.evaluate import _read_lines
+    """The sentences to translate; None means an interactive prompt."""
+    from nmt.data.corpus import read_lines
 
     if sentences and input_file:
         raise UsageError("give sentences or --input, not both")
     if sentences:
         return sentences
-    if input_file is not None:
-        if str(input_file) == "-":
-            return [line.rstrip("\r\n") for line in sys.stdin]
-        return _read_lines(input_file)
-    if sys.stdin.isatty():
+    if input_file is not None and str(input_file) != "-":
+        return read_lines(input_file)
+    if input_file is None and sys.stdin.isatty():
         return None
     return [line.rstrip("\r\n") for line in sys.stdin]
 

@@ -8,6 +8,7 @@ naming each by its dotted path, and reports all of them in one `ConfigError`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -322,8 +323,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Returns a copy of `raw` with each `KEY.PATH=VALUE` applied (validated later by from_dict)."""
-    import copy
-
     raw = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)

@@ -38,9 +38,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _run_dir(cfg: Config, runs_dir: Path, resume: bool, overwrite: bool) -> Path:
+def _new_run_dir(cfg: Config, runs_dir: Path, overwrite: bool) -> Path:
     run_dir = runs_dir / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise UsageError(f"{run_dir} already exists: use --resume {run_dir} to continue it, "
                          f"--overwrite to start again, or another name (--set name=...)")
     if overwrite and run_dir.exists():
@@ -67,7 +67,7 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
     device = pick_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = resume if resume else _run_dir(cfg, runs_dir, False, overwrite)
+    run_dir = resume if resume else _new_run_dir(cfg, runs_dir, overwrite)
     _log_to_file(run_dir / "train.log")
     prepared = prepare(cfg.data)
     tok = prepared.tokenizer()

@@ -89,6 +89,24 @@ def _decode_lines(path: Path, stats: ReadStats, max_chars: int) -> Iterator[tupl
             yield number, text
 
 
+def read_lines(path: Path) -> list[str]:
+    """A whole text file as lines (one sentence a line); BOM and CRLF removed."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    lines = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                lines.append(raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: invalid UTF-8") from None
+    if not lines:
+        raise DataError(f"{path}: empty file, expected one sentence a line")
+    return lines
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: corpus file not found")

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nmt.data.corpus import read_lines
 from nmt.errors import DataError
 from nmt.evaluation.metrics import LENGTH_BUCKETS, Score, corpus_scores
 from nmt.inference.translator import Translator
@@ -33,29 +34,12 @@ class EvalResult:
         return self.sentences / self.seconds if self.seconds else 0.0
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a text file")
-    lines = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                lines.append(raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n"))
-            except UnicodeDecodeError:
-                raise DataError(f"{path}:{number}: invalid UTF-8") from None
-    if not lines:
-        raise DataError(f"{path}: empty file, expected one sentence a line")
-    return lines
-
-
 def read_test_set(src: Path | None, ref: Path | None,
                   tsv: Path | None) -> tuple[list[str], list[str]]:
     """Sources and references from a pair of line-aligned files or a TSV (English, Portuguese)."""
     if tsv is not None:
         sources, refs = [], []
-        for number, line in enumerate(_read_lines(tsv), start=1):
+        for number, line in enumerate(read_lines(tsv), start=1):
             cols = line.split("\t")
             if len(cols) < 2:
                 raise DataError(f"{tsv}:{number}: expected English<TAB>Portuguese")
@@ -63,7 +47,7 @@ def read_test_set(src: Path | None, ref: Path | None,
             refs.append(cols[1])
         return sources, refs
     assert src is not None and ref is not None
-    sources, refs = _read_lines(src), _read_lines(ref)
+    sources, refs = read_lines(src), read_lines(ref)
     if len(sources) != len(refs):
         raise DataError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}: "
                         f"sources and references must be line-aligned")

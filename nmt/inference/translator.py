@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nmt.config import Config, DecodeConfig, from_dict
+from nmt.config import DecodeConfig, from_dict
 from nmt.data.batching import pad_sources
 from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
@@ -37,14 +37,16 @@ class Translator:
     """Wraps a model and its tokenizer; `from_checkpoint` needs nothing but the checkpoint."""
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig,
-                 max_src_pieces: int, device: torch.device = torch.device("cpu")) -> None:
+                 max_src_pieces: int, device: torch.device = torch.device("cpu"),
+                 path: Path | None = None) -> None:
         self.model, self.tokenizer, self.decode = model, tokenizer, decode
         self.max_src_pieces = max_src_pieces
         self.device = device
+        self.path = path  # the checkpoint it was loaded from, if any
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, device: torch.device = torch.device("cpu")
-                        ) -> tuple[Translator, Config]:
+    def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")
+                        ) -> Translator:
         data = checkpoint.load(path)
         try:
             cfg = from_dict(data["config"], f"{path} (config)")
@@ -55,7 +57,7 @@ class Translator:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         model.to(device).eval()
-        return cls(model, tok, cfg.decode, 4 * cfg.data.max_pieces, device), cfg
+        return cls(model, tok, cfg.decode, 4 * cfg.data.max_pieces, device, path)
 
     def translate(self, sentences: list[str], beam: int | None = None, n_best: int = 1,
                   keep_attention: bool = False, top_k: int = 0,
@@ -109,9 +111,8 @@ def load_translator(path: Path | None, device: str = "cpu", **decode) -> Transla
     """The translator of a checkpoint file or run directory (default: the newest run's best)."""
     resolved = checkpoint.resolve(path if path is not None else checkpoint.latest_run())
     log.info("using checkpoint %s", resolved)
-    translator, _ = Translator.from_checkpoint(resolved, pick_device(device))
+    translator = Translator.from_checkpoint(resolved, pick_device(device))
     changes = {k: v for k, v in decode.items() if v is not None}
     if changes:
         translator.decode = replace(translator.decode, **changes)
-    translator.path = resolved
     return translator
