@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 CONFIG ?= configs/en-pt.yaml
 # The demo reads a local copy of the corpora when one sits beside the checkout.
 LOCAL_DATA := $(wildcard ../shared/data)
-export NMT_DATA_DIR ?= $(LOCAL_DATA)
+DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
 .PHONY: install test demo lint clean
 
@@ -27,9 +27,9 @@ DEMO_MINUTES ?= 10
 NMT := $(VENV)/bin/nmt
 
 demo: install
-	@if [ -z "$$NMT_DATA_DIR" ]; then $(NMT) data download tatoeba; fi
-	$(NMT) data prepare --config $(CONFIG)
-	$(NMT) train --config $(CONFIG) --overwrite --set name=demo \
+	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
+	NMT_DATA_DIR=$(DEMO_DATA) $(NMT) data prepare --config $(CONFIG)
+	NMT_DATA_DIR=$(DEMO_DATA) $(NMT) train --config $(CONFIG) --overwrite --set name=demo \
 		--set train.max_minutes=$(DEMO_MINUTES) --set train.valid_every=250
 	$(NMT) eval --checkpoint runs/demo --chrf
 	$(NMT) translate --checkpoint runs/demo "The cat sleeps on the sofa." \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 from nmt.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never read the user's corpora: session fixtures run before any function fixture.
+os.environ.pop("NMT_DATA_DIR", None)
 TINY_CORPUS = ROOT / "tests" / "data" / "tiny.en-pt.tsv"
 
 
