@@ -9,7 +9,7 @@ CONFIG ?= configs/en-pt.yaml
 LOCAL_DATA := $(wildcard ../shared/data)
 DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo compare lint clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,14 @@ demo: install
 	$(NMT) eval --checkpoint runs/demo --chrf
 	$(NMT) translate --checkpoint runs/demo "The cat sleeps on the sofa." \
 		"I would like to book a table for two, please." "Where is the nearest train station?"
+
+# Trains every attention variant on the same budget and writes docs/compare/ (about 50 minutes
+# on 2 CPU cores); COMPARE_ARGS passes options, e.g. COMPARE_ARGS="--steps 20000".
+COMPARE_ARGS ?=
+
+compare: install
+	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
+	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/compare_attention.py $(COMPARE_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check nmt tests scripts

@@ -53,9 +53,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    type: Literal["global"] = "global"  # which source states are attended
+    type: Literal["none", "global", "local-m", "local-p", "hard"] = "global"  # states attended
     score: Literal["additive", "dot", "general"] = "additive"  # Bahdanau MLP, Luong dot/bilinear
-    size: int = 256  # hidden size of the additive scorer
+    wiring: Literal["luong", "bahdanau"] = "luong"  # attend with the new or the previous state
+    size: int = 256  # hidden size of the additive scorer and of the local-p position predictor
+    window: int = 5  # D: local attention looks at source positions [p_t - D, p_t + D]
+    temperature: float = 1.0  # Gumbel-softmax temperature of hard attention in training
+    coverage: bool = False  # add the attention history to the score (global + additive only)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class ModelConfig:
     dec_layers: int = 1  # decoder LSTM layers
     dropout: float = 0.2  # on embeddings, between LSTM layers and on the attentional state
     bridge: Literal["projection", "zeros"] = "projection"  # decoder initial state
-    input_feeding: bool = True  # feed the previous attentional state to the next step
+    input_feeding: bool = True  # feed h~_{t-1} to the next step (luong wiring; bahdanau feeds c_t)
     tie_embeddings: bool = False  # share target embeddings and output layer (needs E == H)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
@@ -136,6 +140,8 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("model.dec_layers", lambda v: v >= 1, ">= 1"),
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model.attention.size", lambda v: v >= 1, ">= 1"),
+    ("model.attention.window", lambda v: v >= 1, ">= 1"),
+    ("model.attention.temperature", lambda v: v > 0, "> 0"),
     ("train.batch_tokens", lambda v: v >= 1, ">= 1"),
     ("train.lr", lambda v: v > 0, "> 0"),
     ("train.betas", lambda v: all(0 <= b < 1 for b in v), "both in [0, 1)"),
@@ -172,7 +178,15 @@ def _consistency(cfg: Config) -> list[str]:
             f"model.tie_embeddings: needs model.emb_size == model.decoder_size, "
             f"got {m.emb_size} and {m.decoder_size}"
         )
-    if m.attention.score == "dot" and 2 * m.hidden_size != m.decoder_size:
+    if m.attention.type == "none" and m.bridge == "zeros":
+        problems.append("model.bridge: attention type 'none' needs 'projection', or the "
+                        "decoder would never see the source")
+    if m.attention.coverage and (m.attention.type, m.attention.score) != ("global", "additive"):
+        problems.append(
+            f"model.attention.coverage: needs type 'global' and score 'additive', got "
+            f"{m.attention.type!r} and {m.attention.score!r}")
+    if (m.attention.type != "none" and m.attention.score == "dot"
+            and 2 * m.hidden_size != m.decoder_size):
         problems.append(
             f"model.attention.score: 'dot' needs 2 x model.hidden_size == model.decoder_size, "
             f"got {2 * m.hidden_size} and {m.decoder_size} (use 'general' or 'additive')"

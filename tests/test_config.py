@@ -54,6 +54,8 @@ def test_invalid_choice_lists_valid_ones():
     ({"model": {"dropout": 1.0}}, "model.dropout"),
     ({"decode": {"beam": 0}}, "decode.beam"),
     ({"train": {"lr": 0}}, "train.lr"),
+    ({"model": {"attention": {"window": 0}}}, "model.attention.window"),
+    ({"model": {"attention": {"temperature": 0.0}}}, "model.attention.temperature"),
 ])
 def test_out_of_range(raw, path):
     assert problems(raw)[0].startswith(f"{path}: expected")
@@ -64,6 +66,16 @@ def test_inconsistent_combination():
     assert msg.startswith("model.tie_embeddings:")
     (msg,) = problems({"data": {"corpora": [{"path": "a.en", "format": "text"}]}})
     assert msg.startswith("data.corpora[0].target_path:")
+    (msg,) = problems({"model": {"bridge": "zeros", "attention": {"type": "none"}}})
+    assert msg.startswith("model.bridge:") and "'none'" in msg
+    (msg,) = problems({"model": {"attention": {"type": "local-p", "coverage": True}}})
+    assert msg.startswith("model.attention.coverage:") and "'local-p'" in msg
+    (msg,) = problems({"model": {"attention": {"type": "hard", "score": "dot"},
+                                 "decoder_size": 100}})
+    assert msg.startswith("model.attention.score: 'dot' needs")
+    none = from_dict({"model": {"attention": {"type": "none", "score": "dot"},
+                                "decoder_size": 100}})
+    assert none.model.attention.type == "none"  # no score is computed, so no size constraint
 
 
 def test_all_problems_reported_at_once():

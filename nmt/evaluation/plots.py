@@ -44,3 +44,20 @@ def bleu_by_length(series: dict[str, list[tuple[str, float]]], path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def attention_grid(panels: list[tuple[str, list[list[float]], list[str], list[str]]],
+                   path: Path, columns: int = 4) -> None:
+    """Several heatmaps side by side: (title, matrix, source tokens, target tokens) each."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, matrix, source, target) in zip(axes.flat, panels):
+        ax.imshow(matrix, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(source)), source, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(target)), target, fontsize=5)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,20 +1,40 @@
 """Attention: every variant behind one interface.
 
-    memory = attention.prepare(keys, mask)          # once per batch: keys projected here
-    context, weights = attention(query, memory, t)  # once per target step
+    memory = attention.prepare(keys, mask)                   # once per batch: keys projected
+    context, weights = attention(query, memory, t, coverage) # once per target step t
 
-Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
-A size of the additive scorer. `weights` is (B, S): a distribution over the real (unmasked)
-source positions, exactly 0 on padding; `context` is (B, K), the weighted sum of the keys.
+`coverage` (B, S) is the sum of the weights of the earlier steps; only the coverage model reads
+it (`uses_coverage`), and the decoder keeps it in its state.
+
+A variant decides *which* source states are attended and how the scores of a score function
+(`nmt.model.scores`: additive, dot, general) become weights:
+
+    none      no context at all: the decoder sees the source only through its initial state
+    global    all source states (Luong et al. 2015, Sec. 3.1; Bahdanau et al. 2014, Sec. 3.1)
+    local-m   a window around p_t = t (Luong et al. 2015, Sec. 3.2, monotonic)
+    local-p   a window around a predicted p_t, Gaussian-weighted (Luong et al. 2015, Sec. 3.2)
+    hard      exactly one source state (Xu et al. 2015, Sec. 4.1), straight-through trained
+
+and `coverage` adds the attention history to the additive score of global attention (Tu et al.
+2016), so that the model can learn not to attend again to words it has already translated.
+
+Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size).
+`weights` is (B, S) and exactly 0 on padding; except for `none` it is a distribution (sums to 1)
+over the positions the variant may look at. `context` is (B, context_size), the weighted sum of
+the keys.
 """
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from nmt.model.scores import AdditiveScore, Score, build_score
+
+TYPES = ("none", "global", "local-m", "local-p", "hard")
 
 
 @dataclass
@@ -22,7 +42,7 @@ class Memory:
     """Encoder annotations as seen by attention, prepared once per batch."""
 
     keys: torch.Tensor  # (B, S, K) encoder annotations, also the values
-    proj: torch.Tensor | None  # (B, S, A or Q) keys projected once per batch (None for dot)
+    proj: torch.Tensor | None  # (B, S, ...) keys projected once per batch (None if unused)
     mask: torch.Tensor  # (B, S) True on real source tokens
 
     def select(self, index: torch.Tensor) -> Memory:
@@ -30,81 +50,169 @@ class Memory:
         proj = None if self.proj is None else self.proj.index_select(0, index)
         return Memory(self.keys.index_select(0, index), proj, self.mask.index_select(0, index))
 
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of real source tokens."""
+        return self.mask.sum(dim=1)
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim of (B, S) scores, exactly 0 where mask is False."""
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-class Attention(nn.Module, abc.ABC):
-    """Base class: subclasses define `project` (once per batch) and `score` (per step)."""
+class GlobalAttention(nn.Module):
+    """Global attention (Luong et al. 2015, Sec. 3.1, Eq. 7; Bahdanau et al. 2014, Eq. 5-6):
+    a_t = softmax(score(h_t, h_s)) over every source position s, c_t = sum_s a_t(s) h_s.
+    Subclasses change `align`, the scores-to-weights step."""
+
+    uses_coverage = False
+
+    def __init__(self, score: Score, key_size: int) -> None:
+        super().__init__()
+        self.score = score
+        self.context_size = key_size
 
     def prepare(self, keys: torch.Tensor, mask: torch.Tensor) -> Memory:
-        return Memory(keys, self.project(keys), mask)
+        return Memory(keys, self.score.project(keys), mask)
 
-    def project(self, keys: torch.Tensor) -> torch.Tensor | None:
-        return None
+    def align(self, query: torch.Tensor, memory: Memory, step: int,
+              coverage: torch.Tensor | None) -> torch.Tensor:
+        """(B, Q) query -> (B, S) attention weights."""
+        return masked_softmax(self.score(query, memory.keys, memory.proj), memory.mask)
 
-    @abc.abstractmethod
-    def score(self, query: torch.Tensor, memory: Memory) -> torch.Tensor:
-        """(B, S) unnormalised scores of each source position for the (B, Q) query."""
-
-    def forward(self, query: torch.Tensor, memory: Memory,
-                step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = masked_softmax(self.score(query, memory), memory.mask)  # (B, S)
+    def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
+                coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.align(query, memory, step, coverage)  # (B, S)
         context = torch.bmm(weights.unsqueeze(1), memory.keys).squeeze(1)  # (B, K)
         return context, weights
 
 
-class AdditiveAttention(Attention):
-    """Bahdanau et al. (2014), Eq. 6 and App. A.1.2, the "alignment model" (Luong's *concat*):
-    score(q, k_j) = v^T tanh(W q + U k_j). U k_j is computed once per batch."""
+class CoverageAttention(GlobalAttention):
+    """Global additive attention with a coverage vector (Tu et al. 2016, "Modeling Coverage for
+    Neural Machine Translation", Eq. 9 with the linguistic coverage of Eq. 6 without
+    fertility): C_t = sum_{t' < t} a_t', and
 
-    def __init__(self, query_size: int, key_size: int, size: int) -> None:
-        super().__init__()
-        self.key_layer = nn.Linear(key_size, size, bias=False)
-        self.query_layer = nn.Linear(query_size, size, bias=False)
-        self.v = nn.Linear(size, 1, bias=False)
+        score(q, h_j) = v^T tanh(W q + U h_j + V C_{t,j})
 
-    def project(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.key_layer(keys)  # (B, S, A)
+    V C_{t,j} joins the per-batch projection U h_j at each step."""
 
-    def score(self, query: torch.Tensor, memory: Memory) -> torch.Tensor:
-        q = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
-        return self.v(torch.tanh(memory.proj + q)).squeeze(2)  # (B, S)
+    uses_coverage = True
 
+    def __init__(self, score: AdditiveScore, key_size: int) -> None:
+        super().__init__(score, key_size)
+        self.coverage_layer = nn.Linear(1, score.v.in_features, bias=False)  # V
 
-class DotAttention(Attention):
-    """Luong et al. (2015), Eq. 8, *dot*: score(h_t, h_s) = h_t^T h_s (needs Q == K)."""
-
-    def score(self, query: torch.Tensor, memory: Memory) -> torch.Tensor:
-        return torch.bmm(memory.keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
+    def align(self, query: torch.Tensor, memory: Memory, step: int,
+              coverage: torch.Tensor | None) -> torch.Tensor:
+        if coverage is None:
+            coverage = memory.mask.new_zeros(memory.mask.shape, dtype=query.dtype)
+        proj = memory.proj + self.coverage_layer(coverage.unsqueeze(2))  # (B, S, A)
+        return masked_softmax(self.score(query, memory.keys, proj), memory.mask)
 
 
-class GeneralAttention(Attention):
-    """Luong et al. (2015), Eq. 8, *general*: score(h_t, h_s) = h_t^T W_a h_s, with W_a h_s
-    computed once per batch."""
+class LocalAttention(GlobalAttention):
+    """Local attention (Luong et al. 2015, Sec. 3.2): only the window [p_t - D, p_t + D] of
+    source positions is attended; every other position gets exactly 0.
 
-    def __init__(self, query_size: int, key_size: int) -> None:
-        super().__init__()
-        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+    local-m (monotonic): p_t = t, clipped to the last real source position, so that targets
+        longer than their source still see its end; weights are the softmax of the scores
+        over the window.
+    local-p (predictive, Eq. 9): p_t = S_b * sigmoid(v_p^T tanh(W_p h_t)), S_b the length of
+        the sentence, and the scores are weighted by a Gaussian centred on p_t with
+        sigma = D / 2 (Eq. 10). Eq. 10 multiplies a window softmax by the Gaussian, so its
+        weights sum to less than 1; here they are renormalised, softmax(score - (s - p_t)^2 /
+        (2 sigma^2)) over the window, which keeps the context a weighted mean of the states and
+        p_t differentiable through the Gaussian term.
 
-    def project(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.key_layer(keys)  # (B, S, Q)
+    The window is clipped at the sentence edges and never covers padding."""
 
-    def score(self, query: torch.Tensor, memory: Memory) -> torch.Tensor:
-        return torch.bmm(memory.proj, query.unsqueeze(2)).squeeze(2)  # (B, S)
+    def __init__(self, score: Score, key_size: int, window: int, predictive: bool,
+                 query_size: int, size: int) -> None:
+        super().__init__(score, key_size)
+        self.window = window
+        self.predictive = predictive
+        if predictive:
+            self.position = nn.Sequential(nn.Linear(query_size, size, bias=False), nn.Tanh(),
+                                          nn.Linear(size, 1, bias=False))  # v_p, W_p of Eq. 9
+
+    def centre(self, query: torch.Tensor, memory: Memory, step: int) -> torch.Tensor:
+        """(B,) aligned source position p_t, a real number for local-p."""
+        lengths = memory.lengths().to(query.dtype)  # (B,)
+        if self.predictive:
+            return lengths * torch.sigmoid(self.position(query).squeeze(1))
+        return torch.clamp(lengths - 1, max=float(step))
+
+    def align(self, query: torch.Tensor, memory: Memory, step: int,
+              coverage: torch.Tensor | None) -> torch.Tensor:
+        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
+        p = self.centre(query, memory, step)  # (B,)
+        positions = torch.arange(scores.size(1), device=scores.device, dtype=scores.dtype)
+        distance = positions.unsqueeze(0) - p.unsqueeze(1)  # (B, S)
+        inside = (distance.abs() <= self.window) & memory.mask  # (B, S)
+        if self.predictive:
+            sigma = self.window / 2
+            scores = scores - distance.pow(2) / (2 * sigma ** 2)
+        return masked_softmax(scores, inside)
 
 
-def build_attention(kind: str, score: str, query_size: int, key_size: int,
-                    size: int) -> Attention:
+class HardAttention(GlobalAttention):
+    """Hard attention (Xu et al. 2015, Sec. 4.1): the context is exactly one source state.
+
+    Inference attends to the argmax of the scores. Training samples the position with the
+    straight-through Gumbel-softmax estimator (Jang et al. 2017, Sec. 2-3; Bengio et al. 2013):
+    the forward pass uses a one-hot sample of softmax(scores), the backward pass the gradient
+    of the relaxed sample softmax((scores + g) / tau). It was chosen over REINFORCE with a
+    baseline (Xu et al. 2015, Eq. 11-12) because it needs no baseline network or reward
+    shaping, gives low-variance gradients from one sample, and keeps training a single
+    differentiable loss like every other variant."""
+
+    def __init__(self, score: Score, key_size: int, temperature: float) -> None:
+        super().__init__(score, key_size)
+        self.temperature = temperature
+
+    def align(self, query: torch.Tensor, memory: Memory, step: int,
+              coverage: torch.Tensor | None) -> torch.Tensor:
+        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
+        logits = scores.masked_fill(~memory.mask, float("-inf"))
+        if self.training:
+            return F.gumbel_softmax(logits, tau=self.temperature, hard=True)  # (B, S) one-hot
+        return F.one_hot(logits.argmax(dim=1), logits.size(1)).to(scores.dtype)
+
+
+class NoAttention(nn.Module):
+    """No attention: the plain encoder-decoder (Sutskever et al. 2014; Cho et al. 2014), whose
+    decoder knows the source only through the fixed-length vector it starts from (the bridge of
+    the encoder's final states). The context is empty and the weights are all zero."""
+
+    context_size = 0
+    uses_coverage = False
+
+    def prepare(self, keys: torch.Tensor, mask: torch.Tensor) -> Memory:
+        return Memory(keys, None, mask)
+
+    def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
+                coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s = memory.mask.shape
+        return query.new_zeros(b, 0), query.new_zeros(b, s)  # (B, 0), (B, S)
+
+
+Attention = GlobalAttention | NoAttention
+
+
+def build_attention(kind: str, score: str, query_size: int, key_size: int, size: int,
+                    window: int, temperature: float, coverage: bool) -> Attention:
     """The attention module for `model.attention` settings."""
-    if kind != "global":
-        raise ValueError(f"unknown attention type {kind!r}")
-    if score == "additive":
-        return AdditiveAttention(query_size, key_size, size)
-    if score == "dot":
-        return DotAttention()
-    if score == "general":
-        return GeneralAttention(query_size, key_size)
-    raise ValueError(f"unknown attention score {score!r}")
+    if coverage and (kind != "global" or score != "additive"):
+        raise ValueError("coverage needs global attention with the additive score")
+    if kind == "none":
+        return NoAttention()
+    scorer = build_score(score, query_size, key_size, size)
+    if kind == "global":
+        if coverage:
+            return CoverageAttention(scorer, key_size)
+        return GlobalAttention(scorer, key_size)
+    if kind in ("local-m", "local-p"):
+        return LocalAttention(scorer, key_size, window, kind == "local-p", query_size, size)
+    if kind == "hard":
+        return HardAttention(scorer, key_size, temperature)
+    raise ValueError(f"unknown attention type {kind!r}, expected one of {TYPES}")

@@ -1,10 +1,19 @@
-"""LSTM decoder with attention and input feeding (Luong et al. 2015, Sec. 3 and 3.3).
+"""LSTM decoder with attention, in two wirings.
 
-One step, t:
+One step t with `luong` wiring (Luong et al. 2015, Sec. 3 and 3.3): attend *after* the LSTM,
+with its new state:
     gates = W_x y_{t-1} + W_f h~_{t-1} + W_h h_{t-1} + b     (input feeding: W_f h~_{t-1})
     h_t, c_t = LSTM(gates, c_{t-1})
-    c~_t, a_t = attention(h_t, annotations)                   (context vector, weights)
-    h~_t = tanh(W_c [c~_t; h_t])                              (Eq. 5, the attentional state)
+    c_t', a_t = attention(h_t, annotations)                   (context vector, weights)
+    h~_t = tanh(W_c [c_t'; h_t])                              (Eq. 5, the attentional state)
+
+With `bahdanau` wiring (Bahdanau et al. 2014, Sec. 3.1 and App. A.2.2): attend *before* the
+LSTM, with the previous state, and feed the context into the step:
+    c_t', a_t = attention(h_{t-1}, annotations)               (Eq. 5-6, query s_{i-1})
+    gates = W_x y_{t-1} + W_f c_t' + W_h h_{t-1} + b          (s_i = f(s_{i-1}, y_{i-1}, c_i))
+    h_t, c_t = LSTM(gates, c_{t-1})
+    h~_t = tanh(W_c [c_t'; h_t])                              (the readout, one tanh layer in
+                                                               place of the paper's maxout)
 
 `embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
 target in training); `step` does the rest of one step and is the only path, used by teacher
@@ -28,25 +37,33 @@ class DecoderState:
     h: torch.Tensor  # (L, B, H) hidden state of each decoder layer
     c: torch.Tensor  # (L, B, H) cell state of each decoder layer
     feed: torch.Tensor  # (B, H) previous attentional state h~_{t-1} (zeros at t = 0)
+    coverage: torch.Tensor | None = None  # (B, S) sum of earlier attention (coverage model)
 
     def select(self, index: torch.Tensor) -> DecoderState:
+        coverage = None if self.coverage is None else self.coverage.index_select(0, index)
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index),
-                            self.feed.index_select(0, index))
+                            self.feed.index_select(0, index), coverage)
 
 
 class Decoder(nn.Module):
-    def __init__(self, vocab_size: int, emb_size: int, hidden_size: int, key_size: int,
-                 layers: int, dropout: float, input_feeding: bool, attention: Attention) -> None:
+    def __init__(self, vocab_size: int, emb_size: int, hidden_size: int, layers: int,
+                 dropout: float, input_feeding: bool, wiring: str,
+                 attention: Attention) -> None:
         super().__init__()
+        if wiring not in ("luong", "bahdanau"):
+            raise ValueError(f"unknown decoder wiring {wiring!r}")
         self.hidden_size = hidden_size
         self.layers = layers
-        self.input_feeding = input_feeding
+        self.early = wiring == "bahdanau"  # attend before the LSTM step
+        self.input_feeding = input_feeding and not self.early
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
         self.dropout = nn.Dropout(dropout)
         h4 = 4 * hidden_size
         self.input_layer = nn.Linear(emb_size, h4)  # W_x and the gate bias
-        feed = hidden_size if input_feeding else 0
-        # recurrent weights of layer 0 act on [h~_{t-1}; h_{t-1}], of layer l > 0 on [h_{l-1}; h_l]
+        context_size = attention.context_size
+        feed = context_size if self.early else hidden_size if self.input_feeding else 0
+        # recurrent weights of layer 0 act on [feed; h_{t-1}], where feed is h~_{t-1} (luong,
+        # input feeding) or c_t' (bahdanau); those of layer l > 0 act on [h_{l-1}; h_l]
         self.recurrent = nn.ParameterList(
             [nn.Parameter(torch.empty(feed + hidden_size, h4))]
             + [nn.Parameter(torch.empty(2 * hidden_size, h4)) for _ in range(layers - 1)]
@@ -54,7 +71,7 @@ class Decoder(nn.Module):
         self.upper_bias = nn.ParameterList(
             [nn.Parameter(torch.zeros(h4)) for _ in range(layers - 1)])
         self.attention = attention
-        self.combine = nn.Linear(key_size + hidden_size, hidden_size, bias=False)  # W_c
+        self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
         bound = hidden_size ** -0.5
         for w in self.recurrent:
             nn.init.uniform_(w, -bound, bound)
@@ -75,6 +92,9 @@ class Decoder(nn.Module):
         The new state's `feed` is the attentional state h~_t (B, H)."""
         hs, cs = [], []
         below = state.feed if self.input_feeding else None
+        if self.early:
+            context, weights = self.attention(state.h[-1], memory, t, state.coverage)
+            below = context  # (B, K)
         for layer in range(self.layers):
             prev = state.h[layer]
             inp = prev if below is None else torch.cat([below, prev], dim=1)
@@ -86,9 +106,13 @@ class Decoder(nn.Module):
             hs.append(h)
             cs.append(c)
             below = self.dropout(h) if layer + 1 < self.layers else h
-        context, weights = self.attention(h, memory, t)  # (B, K), (B, S)
+        if not self.early:
+            context, weights = self.attention(h, memory, t, state.coverage)  # (B, K), (B, S)
         att = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (B, H)
-        return DecoderState(torch.stack(hs), torch.stack(cs), att), weights
+        coverage = None
+        if self.attention.uses_coverage:
+            coverage = weights if state.coverage is None else state.coverage + weights
+        return DecoderState(torch.stack(hs), torch.stack(cs), att, coverage), weights
 
     def forward(self, tgt_in: torch.Tensor, state: DecoderState,
                 memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:

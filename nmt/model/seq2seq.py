@@ -83,11 +83,12 @@ def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     """Builds the model described by `model` in the config."""
     encoder = Encoder(src_vocab, cfg.emb_size, cfg.hidden_size, cfg.enc_layers, cfg.dropout)
     key_size = encoder.output_size
-    attention = build_attention(cfg.attention.type, cfg.attention.score,
-                                query_size=cfg.decoder_size, key_size=key_size,
-                                size=cfg.attention.size)
-    decoder = Decoder(tgt_vocab, cfg.emb_size, cfg.decoder_size, key_size, cfg.dec_layers,
-                      cfg.dropout, cfg.input_feeding, attention)
+    a = cfg.attention
+    attention = build_attention(a.type, a.score, query_size=cfg.decoder_size, key_size=key_size,
+                                size=a.size, window=a.window, temperature=a.temperature,
+                                coverage=a.coverage)
+    decoder = Decoder(tgt_vocab, cfg.emb_size, cfg.decoder_size, cfg.dec_layers, cfg.dropout,
+                      cfg.input_feeding, a.wiring, attention)
     generator = nn.Linear(cfg.decoder_size, tgt_vocab, bias=False)
     if cfg.tie_embeddings:
         generator.weight = decoder.embed.weight

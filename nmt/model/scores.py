@@ -1,0 +1,82 @@
+"""Score functions: how well each source annotation matches the decoder's query.
+
+    proj = score.project(keys)             # once per batch (None when nothing to precompute)
+    scores = score(query, keys, proj)      # once per target step, (B, S), before any masking
+
+Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
+A size of the additive scorer.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class Score(nn.Module, abc.ABC):
+    def project(self, keys: torch.Tensor) -> torch.Tensor | None:
+        """(B, S, K) keys -> whatever part of the score depends on the keys alone."""
+        return None
+
+    @abc.abstractmethod
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                proj: torch.Tensor | None) -> torch.Tensor:
+        """(B, Q) query, (B, S, K) keys -> (B, S) unnormalised scores."""
+
+
+class AdditiveScore(Score):
+    """Bahdanau et al. (2014), Eq. 6 and App. A.1.2, the "alignment model" (Luong et al. 2015,
+    Eq. 8, *concat*): score(q, k_j) = v^T tanh(W q + U k_j). U k_j is computed once per batch."""
+
+    def __init__(self, query_size: int, key_size: int, size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, size, bias=False)
+        self.query_layer = nn.Linear(query_size, size, bias=False)
+        self.v = nn.Linear(size, 1, bias=False)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.key_layer(keys)  # (B, S, A)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                proj: torch.Tensor | None) -> torch.Tensor:
+        q = self.query_layer(query).unsqueeze(1)  # (B, 1, A)
+        return self.v(torch.tanh(proj + q)).squeeze(2)  # (B, S)
+
+
+class DotScore(Score):
+    """Luong et al. (2015), Eq. 8, *dot*: score(h_t, h_s) = h_t^T h_s (needs Q == K)."""
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                proj: torch.Tensor | None) -> torch.Tensor:
+        return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
+
+
+class GeneralScore(Score):
+    """Luong et al. (2015), Eq. 8, *general*: score(h_t, h_s) = h_t^T W_a h_s, with W_a h_s
+    computed once per batch."""
+
+    def __init__(self, query_size: int, key_size: int) -> None:
+        super().__init__()
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.key_layer(keys)  # (B, S, Q)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                proj: torch.Tensor | None) -> torch.Tensor:
+        return torch.bmm(proj, query.unsqueeze(2)).squeeze(2)  # (B, S)
+
+
+SCORES = ("additive", "dot", "general")
+
+
+def build_score(kind: str, query_size: int, key_size: int, size: int) -> Score:
+    if kind == "additive":
+        return AdditiveScore(query_size, key_size, size)
+    if kind == "dot":
+        return DotScore()
+    if kind == "general":
+        return GeneralScore(query_size, key_size)
+    raise ValueError(f"unknown attention score {kind!r}, expected one of {SCORES}")
