@@ -44,7 +44,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def handle_errors(fn):
-    """Maps NmtError to a one-line message and exit code; tracebacks only with --verbose."""
+    """Maps NmtError and OSError to a one-line message and exit code; tracebacks only with
+    --verbose."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -58,6 +59,12 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as err:  # full disk, unwritable folder, ... : a runtime error
+            if _state["verbose"]:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"error: {where}{err.strerror or err}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from nmt.evaluation.plots import attention_heatmap
 from nmt.inference.explain import attention_record, explain_lines
 from nmt.inference.translator import Translator
 
@@ -47,6 +46,8 @@ def run_translate(translator: Translator, lines: list[str] | None, output: Path 
 
 def write_attention(translator: Translator, results: list, folder: Path) -> None:
     """attention-N.json (pieces and words) and attention-N.png per sentence."""
+    from nmt.evaluation.plots import attention_heatmap  # matplotlib only when plotting
+
     folder.mkdir(parents=True, exist_ok=True)
     for i, tr in enumerate(results, start=1):
         if not tr.src_pieces:

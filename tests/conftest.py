@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from nmt.config import Config, load_config
 
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tests never read the user's corpora: session fixtures run before any function fixture.
 os.environ.pop("NMT_DATA_DIR", None)
 TINY_CORPUS = ROOT / "tests" / "data" / "tiny.en-pt.tsv"
+# `--hypothesis-profile fuzz` (scripts/fuzz.py): many more generated inputs per property.
+settings.register_profile("fuzz", max_examples=int(os.environ.get("NMT_FUZZ_EXAMPLES", "2500")))
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from nmt.cli import app
+from nmt.errors import NmtError
 from nmt.train import resume_config, train
 from nmt.training import checkpoint
 
@@ -88,9 +89,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
     def broken(f):
         f.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(NmtError, match=r"x.pt: cannot write \(No space left on device\)"):
         checkpoint.atomic_write(path, broken)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]

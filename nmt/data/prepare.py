@@ -110,6 +110,8 @@ def cache_key(cfg: DataConfig) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "prepared_dir")}
     h = hashlib.sha256(json.dumps([PIPELINE_VERSION, settings], sort_keys=True).encode())
     for path in [p for _, paths in corpora for p in paths] + protected:
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, expected a corpus file")
         if not path.is_file():
             raise DataError(f"{path}: not found or not a file")
         h.update(_file_digest(path).encode())

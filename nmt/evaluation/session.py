@@ -12,7 +12,6 @@ import typer
 from nmt.errors import UsageError
 from nmt.evaluation.evaluate import EvalResult, evaluate, read_test_set
 from nmt.evaluation.metrics import METRICS
-from nmt.evaluation.plots import bleu_by_length
 from nmt.inference.translator import load_translator
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,8 @@ def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
         results.append(evaluate(translator, sources, refs, b, names, hyp_path,
                                 str(translator.path), lengths))
     if lengths:
+        from nmt.evaluation.plots import bleu_by_length  # matplotlib only when plotting
+
         plot = plot or Path(results[0].hypotheses).with_suffix(".by-length.png")
         bleu_by_length({_label(r): [(k.label, k.bleu) for k in r.by_length] for r in results},
                        plot)

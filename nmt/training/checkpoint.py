@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, NmtError
 
 FORMAT = "nmt-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -51,6 +51,9 @@ def atomic_write(path: Path, write) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as err:  # full disk, quota, I/O error: the old file stays as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise NmtError(f"{path}: cannot write ({err.strerror or err})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,8 +76,9 @@ def load(path: Path | str) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
         raise CheckpointError(f"{path}: refused, not a plain nmt checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from None
+    except Exception as err:  # garbage makes the unpickler raise KeyError, IndexError, ...
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({detail})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmt checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:

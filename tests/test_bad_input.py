@@ -1,0 +1,279 @@
+"""The bad-input matrix: every broken file, config, checkpoint, sentence and environment a user
+can hand to `nmt` gets one line on stderr naming what is wrong, exit 2 (usage/config) or 1
+(runtime), and no traceback; inputs that can be handled are handled (exit 0)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from nmt.cli import app
+from nmt.data.tokenizer import train_model
+from nmt.training import checkpoint
+
+from conftest import ROOT, TINY_CORPUS
+
+runner = CliRunner()
+
+
+@dataclass
+class Case:
+    name: str
+    args: Callable[[Path, Path], list[str]]  # (tmp, trained run) -> command-line arguments
+    code: int  # expected exit code
+    says: str = ""  # expected in the one-line error (exit != 0) or on stderr (exit 0)
+    check: Callable[[Path, Path, object], None] | None = None  # more checks on the result
+
+
+def config(tmp: Path, text: str) -> Path:
+    path = tmp / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def prepare_corpus(tmp: Path, content: bytes | None, name: str = "corpus.tsv",
+                   **corpus) -> list[str]:
+    """`nmt data prepare` of the tiny config reading `name` (with `content`, if given)."""
+    if content is not None:
+        (tmp / name).write_bytes(content)
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["data"].update(dir=str(tmp), prepared_dir=str(tmp / "prepared"),
+                       corpora=[{"path": name, **corpus}])
+    return ["data", "prepare", "-c", str(config(tmp, yaml.safe_dump(cfg)))]
+
+
+def tiny_plus(extra: bytes) -> bytes:
+    return extra + TINY_CORPUS.read_bytes()
+
+
+def translate(*sentences: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, run: ["translate", "--checkpoint", str(run), *sentences]
+
+
+def edited_checkpoint(edit: Callable[[dict], None]) -> Callable[[Path, Path], list[str]]:
+    def args(tmp: Path, run: Path) -> list[str]:
+        data = checkpoint.load(run / "best.pt")
+        edit(data)
+        torch.save(data, tmp / "edited.pt")
+        return ["translate", "--checkpoint", str(tmp / "edited.pt"), "Hello."]
+    return args
+
+
+def other_tokenizer(data: dict) -> None:
+    lines = [f"word{i} thing{i % 7} other{i % 3}" for i in range(200)]
+    data["tokenizer"]["src"] = train_model(lines, vocab_size=40, model_type="unigram",
+                                           character_coverage=1.0)
+
+
+class Exploit:
+    """Runs a shell command when unpickled, if anything ever unpickles it."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def malicious(tmp: Path, run: Path) -> list[str]:
+    buffer = io.BytesIO()
+    torch.save({"format": "nmt-checkpoint", "version": 1, "model": Exploit()}, buffer)
+    (tmp / "evil.pt").write_bytes(buffer.getvalue())
+    return ["translate", "--checkpoint", str(tmp / "evil.pt"), "Hello."]
+
+
+def nothing_pwned(tmp: Path, run: Path, result) -> None:
+    assert not (tmp / "pwned").exists() and not Path("pwned").exists()
+
+
+def no_bom_or_cr(tmp: Path, run: Path, result) -> None:
+    from nmt.config import CorpusConfig
+    from nmt.data.corpus import ReadStats, read_corpus
+
+    pairs = list(read_corpus(CorpusConfig(path="corpus.tsv"), tmp, ReadStats()))
+    assert pairs[0][1] == "Hello there." and pairs[0][2] == "Olá."
+    assert not any("\r" in s or "\r" in t or "\ufeff" in s for _, s, t in pairs)
+
+
+def output_lines(n: int) -> Callable[[Path, Path, object], None]:
+    def check(tmp: Path, run: Path, result) -> None:
+        assert len(result.stdout.splitlines()) == n, result.stdout
+    return check
+
+
+def reports(*texts: str) -> Callable[[Path, Path, object], None]:
+    def check(tmp: Path, run: Path, result) -> None:
+        assert all(t in result.stdout for t in texts), result.stdout
+    return check
+
+
+def runs_in_a_file(tmp: Path, run: Path) -> list[str]:
+    (tmp / "file").write_text("not a folder")
+    return ["train", "-c", str(run / "config.yaml"), "--runs-dir", str(tmp / "file" / "runs")]
+
+
+CASES = [
+    # --- config: exit 2, the dotted key or the file named
+    Case("config/missing-file", lambda t, r: ["data", "prepare", "-c", str(t / "nope.yaml")],
+         2, "nope.yaml"),
+    Case("config/invalid-yaml", lambda t, r: ["data", "prepare", "-c",
+                                              str(config(t, "data:\n  vocab_size: [1,\n"))],
+         2, "line 3"),
+    Case("config/unknown-key", lambda t, r: ["data", "prepare", "-c",
+                                             str(config(t, "train:\n  lrr: 0.1\n"))],
+         2, "train.lrr: unknown key"),
+    Case("config/wrong-type", lambda t, r: ["data", "prepare", "-c",
+                                            str(config(t, "train:\n  batch_tokens: big\n"))],
+         2, "train.batch_tokens: expected int, got 'big'"),
+    Case("config/negative-size", lambda t, r: ["data", "prepare", "-c",
+                                               str(config(t, "model:\n  hidden_size: -3\n"))],
+         2, "model.hidden_size: expected >= 1, got -3"),
+    Case("config/dropout-1", lambda t, r: ["data", "prepare", "-c",
+                                           str(config(t, "model:\n  dropout: 1.0\n"))],
+         2, "model.dropout: expected in [0, 1)"),
+    Case("config/beam-0", lambda t, r: ["data", "prepare", "-c",
+                                        str(config(t, "decode:\n  beam: 0\n"))],
+         2, "decode.beam: expected >= 1, got 0"),
+    Case("config/invalid-choice",
+         lambda t, r: ["data", "prepare", "-c",
+                       str(config(t, "model:\n  attention:\n    type: sparse\n"))],
+         2, "model.attention.type:"),
+    Case("config/inconsistent",
+         lambda t, r: ["data", "prepare", "-c", str(config(
+             t, "model:\n  tie_embeddings: true\n  emb_size: 64\n  decoder_size: 128\n"))],
+         2, "model.tie_embeddings: needs model.emb_size == model.decoder_size"),
+    Case("config/bad-set-syntax", lambda t, r: ["data", "prepare", "-c",
+                                                str(config(t, "{}\n")), "--set", "train.lr"],
+         2, "expected KEY.PATH=VALUE"),
+    Case("config/set-unknown-key", lambda t, r: ["data", "prepare", "-c", str(config(t, "{}\n")),
+                                                 "--set", "train.speed=9"],
+         2, "train.speed: unknown key"),
+    # --- corpus: unusable files are runtime errors (exit 1); bad lines are skipped and counted
+    Case("corpus/missing-file", lambda t, r: prepare_corpus(t, None),
+         1, "corpus.tsv: corpus file not found"),
+    Case("corpus/directory", lambda t, r: (t / "corpus.tsv").mkdir() or prepare_corpus(t, None),
+         1, "is a directory, expected a corpus file"),
+    Case("corpus/empty-file", lambda t, r: prepare_corpus(t, b""), 1, "no usable"),
+    Case("corpus/wrong-column-count", lambda t, r: prepare_corpus(t, b"a\tb\tc\td\te\n" * 50),
+         1, "corpus.tsv:1: cannot tell the format from 5 tab-separated columns"),
+    Case("corpus/some-lines-wrong-columns",
+         lambda t, r: prepare_corpus(t, TINY_CORPUS.read_bytes() + b"one column only\n"),
+         0, "", reports("skipped: not 2 columns")),
+    Case("corpus/invalid-utf8", lambda t, r: prepare_corpus(t, tiny_plus(b"Bad \xff.\tMau.\n")),
+         0, "", reports("skipped: invalid UTF-8", "corpus.tsv:1")),
+    Case("corpus/bom-and-crlf",
+         lambda t, r: prepare_corpus(t, b"\xef\xbb\xbfHello there.\tOl\xc3\xa1.\r\n" +
+                                     TINY_CORPUS.read_bytes().replace(b"\n", b"\r\n")),
+         0, "", no_bom_or_cr),
+    Case("corpus/nul-bytes", lambda t, r: prepare_corpus(t, tiny_plus(b"A\x00B.\tC\x00D.\n")),
+         0, "", reports("control characters")),
+    Case("corpus/1MB-line", lambda t, r: prepare_corpus(t, tiny_plus(b"x" * 2**20 + b"\ty\n")),
+         0, "", reports("skipped: line too long")),
+    Case("corpus/everything-filtered",
+         lambda t, r: prepare_corpus(t, (b"w " * 80 + b"\tx\n") * 100), 1, "no usable"),
+    Case("corpus/text-pair-line-counts",
+         lambda t, r: (t / "c.pt").write_text("um\ndois\n") and prepare_corpus(
+             t, b"one\ntwo\nthree\n", name="c.en", format="text", target_path="c.pt"),
+         1, "different line counts"),
+    # --- checkpoints: exit 1, the file named
+    Case("checkpoint/missing", lambda t, r: ["translate", "--checkpoint", str(t / "no.pt"), "Hi"],
+         1, "no.pt: checkpoint not found"),
+    Case("checkpoint/truncated",
+         lambda t, r: (t / "cut.pt").write_bytes((r / "best.pt").read_bytes()[:5000]) and
+         ["translate", "--checkpoint", str(t / "cut.pt"), "Hi"], 1, "cut.pt: unreadable or trunc"),
+    Case("checkpoint/not-a-checkpoint",
+         lambda t, r: (t / "x.pt").write_text("hello") and
+         ["translate", "--checkpoint", str(t / "x.pt"), "Hi"], 1, "x.pt"),
+    Case("checkpoint/foreign-torch-file",
+         lambda t, r: torch.save({"w": torch.zeros(2)}, t / "f.pt") or
+         ["translate", "--checkpoint", str(t / "f.pt"), "Hi"], 1, "not an nmt checkpoint"),
+    Case("checkpoint/other-version", edited_checkpoint(lambda d: d.update(version=99)),
+         1, "version"),
+    Case("checkpoint/tokenizer-missing", edited_checkpoint(lambda d: d.pop("tokenizer")),
+         1, "checkpoint lacks 'tokenizer'"),
+    Case("checkpoint/tokenizer-corrupt",
+         edited_checkpoint(lambda d: d["tokenizer"].update(src=b"garbage")),
+         1, "incompatible checkpoint"),
+    Case("checkpoint/tokenizer-changed", edited_checkpoint(other_tokenizer),
+         1, "incompatible checkpoint"),
+    Case("checkpoint/malicious-pickle", malicious, 1, "refused", nothing_pwned),
+    Case("checkpoint/empty-run-dir",
+         lambda t, r: (t / "run").mkdir() or ["translate", "--checkpoint", str(t / "run"), "Hi"],
+         1, "run"),
+    # --- sentences to translate: handled
+    Case("translate/empty-string", translate(""), 0, "", output_lines(1)),
+    Case("translate/whitespace-only", translate("  \t "), 0, "", output_lines(1)),
+    Case("translate/5000-words", translate("word " * 5000), 0, "only the first",
+         output_lines(1)),
+    Case("translate/emoji-cjk-rtl", translate("The cat 😀 猫 שלום مرحبا sleeps."), 0, "",
+         output_lines(1)),
+    Case("translate/control-characters", translate("The\x07 cat\x1b[31m sleeps.\x00"), 0, "",
+         output_lines(1)),
+    Case("translate/several", translate("One.", "", "Two."), 0, "", output_lines(3)),
+    Case("eval/line-count-mismatch",
+         lambda t, r: (t / "s.en").write_text("a\nb\n") and (t / "r.pt").write_text("a\n") and
+         ["eval", "--checkpoint", str(r), "--src", str(t / "s.en"), "--ref", str(t / "r.pt")],
+         1, "line-aligned"),
+    Case("eval/src-without-ref", lambda t, r: ["eval", "--checkpoint", str(r), "--src", "x"],
+         2, "--ref"),
+    # --- environment
+    Case("env/existing-run-dir", lambda t, r: ["train", "-c", str(r / "config.yaml"),
+                                               "--runs-dir", str(r.parent)],
+         2, "--overwrite"),
+    *([] if torch.cuda.is_available() else [
+        Case("env/cuda-without-gpu", lambda t, r: ["train", "-c", str(r / "config.yaml"),
+                                                   "--runs-dir", str(t), "--device", "cuda"],
+             2, "no CUDA GPU")]),
+    Case("env/unwritable-runs-dir", runs_in_a_file, 1, "Not a directory"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, case.args(tmp_path, trained_run))
+    assert result.exit_code == case.code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    if case.code:
+        errors = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+        assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+        assert case.says in errors[0]
+    else:
+        assert case.says in result.stderr
+    if case.check:
+        case.check(tmp_path, trained_run, result)
+
+
+def test_full_disk_while_training_keeps_earlier_checkpoints(trained_run, tmp_path, monkeypatch):
+    """A write that fails with ENOSPC stops the run with one line; files written before are
+    intact and no temporary file is left behind."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(trained_run, run, symlinks=True)
+    before = {p.name: p.read_bytes() for p in run.glob("*.pt")}
+    real_save = torch.save
+
+    def full(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=200"])
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith(".pt: cannot write (No space left on "
+                                                       "device)"), result.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--verbose", "data", "prepare", "-c", str(tmp_path / "x.yaml")])
+    assert result.exit_code != 0 and result.exception is not None

@@ -1,0 +1,102 @@
+"""Crash safety with real processes: SIGKILL at random moments leaves a loadable last.pt, and
+--resume then ends bit-for-bit where an uninterrupted run ends; a second Ctrl-C quits at once
+without leaving anything half-written."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nmt.training import checkpoint
+
+from conftest import ROOT
+
+STEPS = 60
+
+
+def command(tmp: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nmt", "train", "-c", str(ROOT / "configs" / "tiny.yaml"),
+            "--runs-dir", str(runs), "--set", f"train.max_steps={STEPS}",
+            "--set", "train.valid_every=10", "--set", "train.valid_max_sentences=4",
+            "--set", "train.threads=1", "--set", f"data.dir={ROOT}",
+            "--set", f"data.prepared_dir={tmp / 'prepared'}", *extra]
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    data = checkpoint.load(run / "last.pt")
+    assert data["step"] == STEPS
+    return data["model"]
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
+    subprocess.run(command(tmp_path, tmp_path / "ref"), check=True, capture_output=True)
+    reference = final_weights(tmp_path / "ref" / "tiny")
+    rng = random.Random(7)
+    for kill in range(3):
+        runs = tmp_path / f"killed{kill}"
+        run = runs / "tiny"
+        proc = subprocess.Popen(command(tmp_path, runs), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for(run / "train.log", "validation at step 10", proc)
+        time.sleep(rng.uniform(0.0, 1.5))  # anywhere in the next validations and saves
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+        saved = checkpoint.load(run / "last.pt")  # loadable, whatever the moment
+        assert 10 <= saved["step"] < STEPS and "resume" in saved
+        resumed = subprocess.run([sys.executable, "-m", "nmt", "train", "--resume", str(run)],
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        resumed_weights = final_weights(run)
+        assert resumed_weights.keys() == reference.keys()
+        assert all(torch.equal(resumed_weights[k], reference[k]) for k in reference)
+
+
+def test_second_ctrl_c_quits_at_once_and_corrupts_nothing(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    proc = subprocess.Popen(command(tmp_path, tmp_path / "runs", "--set",
+                                    "train.max_steps=100000"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(run / "train.log", "validation at step 20", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    start = time.time()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.time() - start < 10
+    assert "Traceback" not in err
+    assert checkpoint.load(run / "last.pt")["step"] >= 20
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_writes_only_where_it_is_told(tmp_path):
+    """Training, translating and scoring write under --runs-dir and data.prepared_dir only:
+    not in the working directory, not in HOME."""
+    import os
+
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    run = tmp_path / "runs" / "tiny"
+    subprocess.run(command(tmp_path, tmp_path / "runs", "--set", "train.max_steps=20"),
+                   cwd=cwd, env=env, check=True, capture_output=True)
+    for args in (["translate", "--checkpoint", str(run), "Hello."],
+                 ["eval", "--checkpoint", str(run)]):
+        subprocess.run([sys.executable, "-m", "nmt", *args], cwd=cwd, env=env, check=True,
+                       capture_output=True)
+    assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "home", "prepared", "runs"]

@@ -1,0 +1,114 @@
+"""Property-based tests: the corpus readers, the config loader and the tokenizer hold their
+contracts on generated input. `scripts/fuzz.py` runs the same properties on many more inputs.
+
+Contracts: a reader yields clean text or raises DataError, and accounts for every line; the
+loader returns a Config or raises ConfigError naming dotted keys; the tokenizer decodes what it
+encodes for text in its alphabet."""
+
+from __future__ import annotations
+
+import string
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nmt.config import Config, CorpusConfig, from_dict, to_dict
+from nmt.data.corpus import ReadStats, normalize, read_corpus
+from nmt.data.tokenizer import Tokenizer, train_model
+from nmt.errors import ConfigError, DataError
+
+from conftest import TINY_CORPUS
+
+# --- corpus readers -----------------------------------------------------------------------
+PIECES = [b"hello", b"ol\xc3\xa1", b"\t", b"\r", b"\xef\xbb\xbf", b"\x00", b"\xff", b"\xc3",
+          b" ", b"\xe2\x80\xa8", b"a" * 300]
+raw_line = st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=8)), max_size=8).map(
+    lambda parts: b"".join(parts).replace(b"\n", b""))  # one line: no newline inside
+raw_file = st.lists(raw_line, max_size=12).map(lambda lines: b"\n".join(lines))
+
+
+@given(content=raw_file, fmt=st.sampled_from(["auto", "tsv", "anki", "tatoeba"]))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_corpus_reader_yields_clean_text_or_a_data_error(content, fmt):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "c.tsv").write_bytes(content)
+        stats = ReadStats()
+        try:
+            pairs = list(read_corpus(CorpusConfig(path="c.tsv", format=fmt), Path(tmp), stats,
+                                     max_chars=200))
+        except DataError as err:
+            assert str(err).startswith(str(Path(tmp) / "c.tsv"))
+            return
+    for number, src, tgt in pairs:
+        assert 1 <= number <= stats.read
+        for text in (src, tgt):
+            assert isinstance(text, str) and len(text) <= 200
+            assert "\n" not in text and "\t" not in text
+        assert not tgt.endswith("\r")  # line endings go; other whitespace is normalize()'s
+        assert number > 1 or not src.startswith("\ufeff")
+    assert stats.read == len(pairs) + sum(stats.skipped.values())
+
+
+@given(src=st.lists(raw_line, max_size=8), tgt=st.lists(raw_line, max_size=8))
+@settings(deadline=None)
+def test_text_pair_reader_keeps_lines_aligned(src, tgt):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "a.en").write_bytes(b"\n".join(src) + b"\n" if src else b"")
+        (Path(tmp) / "a.pt").write_bytes(b"\n".join(tgt) + b"\n" if tgt else b"")
+        spec = CorpusConfig(path="a.en", format="text", target_path="a.pt")
+        try:
+            pairs = list(read_corpus(spec, Path(tmp), ReadStats()))
+        except DataError as err:
+            assert "different line counts" in str(err) and len(src) != len(tgt)
+            return
+    assert len(src) == len(tgt)
+    assert all(number <= len(src) for number, _, _ in pairs)
+
+
+# --- config loader ------------------------------------------------------------------------
+KEYS = ["name", "data", "model", "train", "decode", "attention", "lr", "beam", "dropout",
+        "corpora", "path", "type", "score", "vocab_size", "betas", "seed", "bogus"]
+scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                   st.floats(allow_nan=True), st.text(max_size=6))
+value = st.recursive(scalar, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
+    max_leaves=12)
+raw_config = st.dictionaries(st.sampled_from(KEYS), value, max_size=5)
+
+
+@given(raw=st.one_of(raw_config, value))
+@settings(deadline=None)
+def test_config_loader_returns_a_config_or_names_the_keys(raw):
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as err:
+        assert err.problems
+        for problem in err.problems:
+            assert ":" in problem and "\n" not in problem
+        return
+    assert isinstance(cfg, Config)
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+# --- tokenizer ----------------------------------------------------------------------------
+ALPHABET = string.ascii_letters + string.digits + " .,!?'-áàâãçéêíóôõúÁÉÇÕ"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    lines = [line.replace("\t", " ") for line in TINY_CORPUS.read_text().splitlines()]
+    lines.append(ALPHABET)  # every character seen at least once
+    model = train_model(lines, vocab_size=100, model_type="unigram", character_coverage=1.0)
+    return Tokenizer(model, model)
+
+
+@given(text=st.text(alphabet=ALPHABET, max_size=80))
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tokenizer_round_trip(tokenizer, text):
+    text = normalize(text)
+    (ids,) = tokenizer.encode_tgt([text])
+    assert all(0 <= i < tokenizer.tgt_vocab_size for i in ids)
+    assert tokenizer.decode_tgt([ids]) == [text]
