@@ -137,12 +137,20 @@ def train_cmd(
     device: Annotated[Optional[str], typer.Option(
         "--device", help="cpu, cuda or auto (default: train.device).")] = None,
     threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="CPU threads (default: train.threads).")] = None,
+        "--threads", help="CPU threads per process (default: train.threads).")] = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="Processes on this machine (DDP via torchrun): one per GPU, "
+                               "or CPU processes.")] = 1,
 ) -> None:
     """Train a model; writes runs/<name>/ (config, tokenizer, checkpoints, metrics.csv)."""
     from nmt.config import load_config
     from nmt.errors import UsageError
     from nmt.train import resume_config, train
+
+    if nproc > 1:
+        from nmt.training.distributed import launch
+
+        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
 
     overrides = list(set_ or [])
     if device is not None:
@@ -161,6 +169,19 @@ def train_cmd(
         cfg = load_config(config, overrides)
     run_dir = train(cfg, runs_dir, resume, overwrite)
     typer.echo(str(run_dir))
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 CheckpointOpt = Annotated[Optional[Path], typer.Option(

@@ -99,6 +99,8 @@ class TrainConfig:
     keep_best: int = 2  # best checkpoints kept besides last.pt
     threads: int = 0  # CPU threads for torch (0: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "cpu"  # where to train
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: mixed on CUDA, fp32 on CPU
+    accumulate: int = 1  # batches per update (per process): update size x this, as one batch
     log_every: int = 50  # log a progress line every N updates
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
 
@@ -161,6 +163,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.threads", lambda v: v >= 0, ">= 0"),
     ("train.log_every", lambda v: v >= 1, ">= 1"),
     ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
+    ("train.accumulate", lambda v: v >= 1, ">= 1"),
     ("decode.beam", lambda v: v >= 1, ">= 1"),
     ("decode.length_penalty", lambda v: v >= 0, ">= 0"),
     ("decode.max_len_ratio", lambda v: v > 0, "> 0"),

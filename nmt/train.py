@@ -25,7 +25,7 @@ from nmt.device import pick_device
 from nmt.errors import ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import make_validator
 from nmt.model.seq2seq import build_model, count_parameters
-from nmt.training import checkpoint
+from nmt.training import checkpoint, distributed
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
 
@@ -63,36 +63,64 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
 
 def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None,
           overwrite: bool = False) -> Path:
-    """Trains `cfg` (or continues the run in `resume`); returns the run directory."""
+    """Trains `cfg` (or continues the run in `resume`); returns the run directory. Under
+    torchrun every process calls this; rank 0 alone writes files (nmt.training.distributed)."""
+    d = distributed.from_env()
     device = pick_device(cfg.train.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 products on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run_dir = resume if resume else _new_run_dir(cfg, runs_dir, overwrite)
-    _log_to_file(run_dir / "train.log")
-    prepared = prepare(cfg.data)
+    distributed.init(d, device)
+    try:
+        return _train(cfg, runs_dir, resume, overwrite, d, device)
+    finally:
+        distributed.shutdown(d)
+
+
+def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
+           d: distributed.Dist, device: torch.device) -> Path:
+    if d.main:
+        run_dir = resume if resume else _new_run_dir(cfg, runs_dir, overwrite)
+        _log_to_file(run_dir / "train.log")
+        prepared = prepare(cfg.data)
+    else:
+        logging.getLogger("nmt").setLevel(logging.WARNING)
+    distributed.barrier(d)  # run directory and prepared data exist
+    if not d.main:
+        run_dir = resume if resume else runs_dir / cfg.name
+        prepared = prepare(cfg.data, progress=False)
     tok = prepared.tokenizer()
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+    if d.enabled:
+        torch.manual_seed(cfg.train.seed * 1000 + d.rank)  # own dropout noise per process
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
     t = cfg.train
     schedule = Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor, t.decay_patience,
                         t.min_lr)
     saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
-    trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")),
-                      make_validator(model, prepared, cfg, device), cfg.train, run_dir, saved,
-                      device)
+    validate = make_validator(model, prepared, cfg, device) if d.main else None
+    trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")), validate,
+                      cfg.train, run_dir, saved, device, d)
     if resume:
         state = checkpoint.load(run_dir / "last.pt")
         model.load_state_dict(state["model"])
         trainer.load_resume_state(state["resume"])
-        _truncate_metrics(run_dir / "metrics.csv", trainer.progress.step)
+        if d.main:
+            _truncate_metrics(run_dir / "metrics.csv", trainer.progress.step)
         log.info("resuming %s at step %d (epoch %d)", run_dir, trainer.progress.step,
                  trainer.progress.epoch)
-    else:
+    elif d.main:
         _write_run_files(run_dir, cfg, prepared)
-    log.info("run %s: %s parameters, %d training pairs, device %s, %d threads", run_dir,
-             f"{count_parameters(model):,}", len(trainer.data), device, torch.get_num_threads())
-    log.info("training data: %s", batching_line(trainer.data, t.batch_tokens, t.seed))
+    log.info("run %s: %s parameters, %d training pairs, device %s, %d threads, %d process(es)",
+             run_dir, f"{count_parameters(model):,}", len(trainer.data), device,
+             torch.get_num_threads(), d.world)
+    log.info("training data: %s; an update takes %d batch(es)",
+             batching_line(trainer.data, t.batch_tokens, t.seed), d.world * t.accumulate)
     with _signals(trainer):
         trainer.run()
     if trainer.stop_signal is not None:

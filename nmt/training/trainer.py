@@ -14,17 +14,20 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from nmt.config import TrainConfig
-from nmt.data.batching import Batch, Dataset, collate, token_batches
+from nmt.data.batching import Dataset, collate, token_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training import checkpoint
+from nmt.training import checkpoint, distributed
+from nmt.training.precision import Precision
 from nmt.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -61,13 +64,17 @@ class Validation:
 class Trainer:
     def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  data: Dataset, validate: Callable[[], Validation], settings: TrainConfig,
-                 run_dir: Path, saved: dict, device: torch.device) -> None:
+                 run_dir: Path, saved: dict, device: torch.device,
+                 dist: distributed.Dist = distributed.Dist()) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.data, self.validate, self.s = data, validate, settings
-        self.run_dir, self.saved, self.device = run_dir, saved, device
+        self.run_dir, self.saved, self.device, self.dist = run_dir, saved, device, dist
+        self.loss_fn = distributed.wrap(distributed.TrainingLoss(model), dist, device)
+        self.precision = Precision(settings.precision, device)
         self.progress = Progress()
         self.stop_signal: int | None = None  # set by a signal handler
         self._bad_in_row = 0  # non-finite losses in a row
+        self._start = time.perf_counter()  # reset by run(), net of earlier runs' time
         self._widths = data.widths
 
     # -- state -----------------------------------------------------------------------------
@@ -75,7 +82,8 @@ class Trainer:
         return {"optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "progress": asdict(self.progress),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None}
 
     def load_resume_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -83,6 +91,8 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
+        if self.precision.scaler and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
 
     def _save(self, name: str, resume: bool, score: float | None = None) -> Path:
         path = self.run_dir / name
@@ -95,53 +105,72 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def run(self) -> Progress:
-        p, s = self.progress, self.s
+        p, s, main = self.progress, self.s, self.dist.main
         bar = tqdm(total=s.max_steps or None, initial=p.step, unit=" step", dynamic_ncols=True,
-                   mininterval=1.0, disable=None)  # no bar when stderr is not a terminal
+                   mininterval=1.0, disable=None if main else True)  # no bar off a terminal
         self._start = time.perf_counter() - p.seconds
         window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
+        group = self.dist.world * s.accumulate  # batches per update, over all ranks
         reason = None
         while reason is None:
             batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
             while p.batch < len(batches) and reason is None:
                 lr = self.schedule.lr_at(p.step + 1)
-                done = self._update(collate(self.data, batches[p.batch]), lr)
-                p.batch += 1
+                done = self.update(batches[p.batch:p.batch + group], lr)
+                p.batch += group
                 if done is None:
                     continue
                 window["loss"] += done[0]
                 window["tokens"] += done[1]
                 bar.update()
-                if p.step % s.log_every == 0:
+                if main and p.step % s.log_every == 0:
                     self._log(bar, window, lr)
-                if p.step % s.valid_every == 0:
+                if main and p.step % s.valid_every == 0:
                     self._validate(window, lr)
-                reason = self._stop_reason()
+                reason = distributed.from_main(self.dist, self._stop_reason())
             if p.batch >= len(batches) and reason is None:
                 p.epoch, p.batch = p.epoch + 1, 0
                 if s.max_epochs and p.epoch >= s.max_epochs:
                     reason = f"{p.epoch} epochs done"
         bar.close()
-        if self.stop_signal is None and p.last_valid_step != p.step:
+        if main and self.stop_signal is None and p.last_valid_step != p.step:
             self._validate(window, self.schedule.lr_at(p.step))
-        elif self.stop_signal is not None:
+        elif main and self.stop_signal is not None:
             self._save("last.pt", resume=True)
-        log.info("stopped: %s (step %d, best %s at step %d)", reason, p.step,
-                 _fmt(p.best_score), p.best_step)
+        if main:
+            log.info("stopped: %s (step %d, best %s at step %d)", reason, p.step,
+                     _fmt(p.best_score), p.best_step)
         return p
 
-    def _update(self, batch: Batch, lr: float) -> tuple[float, int] | None:
-        """One optimizer step on `batch`; returns (summed loss, target tokens), or None when
-        the loss was not finite and the batch was skipped."""
-        p, s = self.progress, self.s
-        batch = batch.to(self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        loss, n = self.model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                                  s.label_smoothing)
-        value = loss.item()
+    def update(self, group: list[np.ndarray], lr: float) -> tuple[float, int] | None:
+        """One optimizer step on a group of batches (pair indices): this rank's share of them
+        (every world-th), accumulated, each loss scaled by the group's target-token count, so
+        the step equals one step on all the group's pairs at once. Returns (summed loss, target
+        tokens) of the whole group, or None when the loss was not finite and it was skipped."""
+        p, s, d = self.progress, self.s, self.dist
+        tokens = [int(self.data.tgt_len[b].sum()) + len(b) for b in group]  # EOS included
+        n_total = sum(tokens)
+        mine = list(range(d.rank, len(group), d.world))
+        # a rank left without a batch (at an epoch's end) joins in with a zero-weight one
+        weights = [1.0] * len(mine) if mine else [0.0]
+        mine = mine or [0]
+        for group_param in self.optimizer.param_groups:
+            group_param["lr"] = lr
+        self.loss_fn.train()
+        total = torch.zeros((), dtype=torch.float64)
+        for k, (i, weight) in enumerate(zip(mine, weights)):
+            batch = collate(self.data, group[i]).to(self.device)
+            last = k == len(mine) - 1
+            sync = nullcontext() if last or not d.enabled else self.loss_fn.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    loss, _ = self.loss_fn(batch.src, batch.src_len, batch.tgt_in,
+                                           batch.tgt_out, s.label_smoothing)
+                self.precision.backward(loss * (weight * d.world) / n_total)  # DDP: mean
+            total += loss.detach().double().cpu() * weight
+        value = float(distributed.sum_all(d, total))
         if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
             self._bad_in_row += 1
             log.warning("non-finite loss at step %d: batch skipped (%d in a row)", p.step + 1,
                         self._bad_in_row)
@@ -150,15 +179,12 @@ class Trainer:
                                     f"row; stopped (last good checkpoint kept)")
             return None
         self._bad_in_row = 0
-        (loss / n).backward()
-        if s.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm)
-        self.optimizer.step()
+        self.precision.step(self.optimizer, self.model.parameters(), s.clip_norm)
         self.optimizer.zero_grad(set_to_none=True)
         p.step += 1
-        p.tgt_tokens += n
+        p.tgt_tokens += n_total
         p.seconds = time.perf_counter() - self._start
-        return value, n
+        return value, n_total
 
     def _stop_reason(self) -> str | None:
         p, s = self.progress, self.s

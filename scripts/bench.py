@@ -1,0 +1,293 @@
+"""Speed benchmark, in one run on this machine: the fp32 matmul peak, data preparation, training
+and translation of configs/bench.yaml, and optionally the same work by reference toolkits.
+
+    python scripts/bench.py                          # nmt alone (make bench)
+    python scripts/bench.py --peer onmt --peer joey  # and the peers, same data, same updates
+
+Prints a table to stdout and writes --out (JSON). Shared machines are noisy: every speed is the
+median of several timed windows, and only ratios measured in the same run are compared.
+
+Training counts target tokens without padding, with EOS (as the peers count them), over
+`--updates` updates after `--warmup`. Model FLOPs per target token are counted by torch's
+FlopCounterMode on real batches (matrix products of forward and backward). Translation runs on
+the first `--sentences` test sentences with the model just trained, greedy and beam 5. Peers
+(`../shared/bench/run-peer.sh`) train the same number of updates on the same SentencePiece
+pieces and translate the same sentences; their BLEU is scored after joining their pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import sacrebleu
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nmt.config import Config, load_config
+from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.prepare import Prepared, prepare
+from nmt.inference.translator import Translator
+from nmt.model.seq2seq import build_model, count_parameters
+from nmt.train import seed_everything
+from nmt.training.schedule import Schedule
+from nmt.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT.parent / "shared" / "bench"
+log = logging.getLogger("bench")
+
+
+def peak_rss_reset() -> None:
+    """Starts a new peak-memory window (Linux: VmHWM is reset by clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def matmul_peak(reps: int = 7) -> float:
+    """Median fp32 GFLOP/s of torch.mm at the current thread count (the best of 3 sizes)."""
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        inner = max(1, int(2e9 // (2 * n ** 3)))
+        times = []
+        for i in range(reps + 2):
+            start = time.perf_counter()
+            for _ in range(inner):
+                torch.mm(a, b, out=c)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        best = max(best, 2 * n ** 3 * inner / statistics.median(times) / 1e9)
+    return best
+
+
+def prepare_speed(cfg: Config) -> float:
+    """Pairs/s of a fresh `prepare` (reading, cleaning, SentencePiece training, encoding)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = prepare(replace(cfg.data, prepared_dir=tmp), progress=False)
+        return fresh.summary.read / fresh.summary.seconds
+
+
+def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
+                windows: int) -> tuple[dict, torch.nn.Module]:
+    seed_everything(cfg.train.seed)
+    tok = prepared.tokenizer()
+    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    t = cfg.train
+    schedule = Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor, t.decay_patience,
+                        t.min_lr)
+    data = Dataset.load(prepared.ids("train"))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, optimizer, schedule, data, lambda: None, t, Path(tmp), {},
+                          torch.device("cpu"))
+    batches = token_batches(data.widths, t.batch_tokens, t.seed, 0)
+    flops = FlopCounterMode(display=False)
+    counted = 0
+    with flops:
+        for index in batches[:3]:
+            b = collate(data, index)
+            loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
+            loss.backward()
+            counted += n
+    model.zero_grad(set_to_none=True)
+    flop_per_token = flops.get_total_flops() / counted
+    per_window = updates // windows
+    rates, update_rates, src_tgt_rates, sentences = [], [], [], []
+    peak_rss_reset()
+    step = 0
+    for w in range(-1, windows):  # window -1 is the warm-up
+        size = warmup if w < 0 else per_window
+        tgt = srctgt = 0
+        start = time.perf_counter()
+        for _ in range(size):
+            index = batches[step % len(batches)]
+            step += 1
+            done = trainer.update([index], schedule.lr_at(step))
+            tgt += done[1]
+            srctgt += done[1] + int(data.src_len[index].sum())
+            sentences.append(len(index))
+        seconds = time.perf_counter() - start
+        if w >= 0:
+            rates.append(tgt / seconds)
+            src_tgt_rates.append(srctgt / seconds)
+            update_rates.append(size / seconds)
+    result = {"parameters": count_parameters(model), "updates": step,
+              "sentences_per_batch": statistics.mean(sentences),
+              "tgt_tokens_per_s": statistics.median(rates),
+              "src_tgt_tokens_per_s": statistics.median(src_tgt_rates),
+              "updates_per_s": statistics.median(update_rates),
+              "flop_per_tgt_token": flop_per_token,
+              "gflops": flop_per_token * statistics.median(rates) / 1e9,
+              "peak_rss_mib": peak_rss_mib()}
+    return result, model
+
+
+def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sentences: int,
+                    beam: int, repeats: int) -> dict:
+    sources = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()[:sentences]
+    refs = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()[:sentences]
+    translator = Translator(model.eval(), prepared.tokenizer(), cfg.decode,
+                            4 * cfg.data.max_pieces)
+    peak_rss_reset()
+    times, out = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = translator.translate(sources, beam=beam)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in out)  # with EOS
+    hyps = [t.text for t in out]
+    return {"beam": beam, "sentences": len(sources), "sentences_per_s": len(sources) / seconds,
+            "tgt_tokens_per_s": tokens / seconds, "mean_output_pieces": tokens / len(out),
+            "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
+
+
+def export_pieces(prepared: Prepared, folder: Path, sentences: int) -> None:
+    """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers."""
+    tok = prepared.tokenizer()
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+        for lang, sp in (("en", tok.src), ("pt", tok.tgt)):
+            lines = prepared.text(split, lang).read_text(encoding="utf-8").splitlines()
+            if split == "test":
+                lines = lines[:sentences]
+            pieces = sp.encode(lines, out_type=str)
+            (folder / f"{name}.{lang}").write_text(
+                "".join(" ".join(p) + "\n" for p in pieces), encoding="utf-8")
+
+
+def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
+             sentences: int) -> dict:
+    env = {**os.environ, "BATCH": "64", "VOC": "32000", "LOG_FREQ": "25", "BEAM": "5"}
+    start = time.perf_counter()
+    proc = subprocess.run(["bash", str(PEERS / "run-peer.sh"), kind, str(data), str(out),
+                           str(updates)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    speed = (out / "speed.txt").read_text()
+    median = re.search(r"^tgt_tok_s: n=\d+ median=([\d.e+]+)", speed, re.M)
+    hyps_pieces = (out / "test.hyp.pt").read_text(encoding="utf-8").splitlines()
+    tok = prepared.tokenizer()
+    hyps = [tok.tgt.decode_pieces(line.split()) for line in hyps_pieces]
+    refs = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()[:sentences]
+    seconds = translate_seconds(kind, out / "translate.out")
+    return {"kind": kind, "tgt_tokens_per_s": float(median.group(1)) if median else None,
+            "translate_seconds": seconds,
+            "beam5_sentences_per_s": sentences / seconds if seconds else None,
+            "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score if len(hyps) == len(refs)
+            else None, "wall_s": time.perf_counter() - start, "speed": speed.strip()}
+
+
+def translate_seconds(kind: str, path: Path) -> float | None:
+    """The translation time each peer reports (model loading excluded where it says so)."""
+    text = path.read_text(errors="replace")
+    patterns = {"joey": r"Generation took ([\d.]+)", "onmt": r"Total translation time \(s\): "
+                r"([\d.]+)", "fairseq": r"Translation time: ([\d.]+)"}
+    m = re.search(patterns.get(kind, r"$^"), text)
+    if m:
+        return float(m.group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)",
+                     text)
+    if wall:
+        h, m_, s = wall.groups()
+        return int(h or 0) * 3600 + int(m_) * 60 + float(s)
+    return None
+
+
+def table(r: dict) -> str:
+    t, g, b = r["train"], r["greedy"], r["beam5"]
+    lines = [
+        f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s",
+        f"data preparation: {r['prepare_pairs_per_s']:,.0f} pairs/s",
+        f"training ({t['parameters']:,} parameters, {t['sentences_per_batch']:.1f} sentences "
+        f"per batch): {t['tgt_tokens_per_s']:,.0f} tgt tok/s, {t['src_tgt_tokens_per_s']:,.0f} "
+        f"src+tgt tok/s, {t['updates_per_s']:.2f} updates/s, "
+        f"{t['flop_per_tgt_token'] / 1e6:.1f} MFLOP/tgt token = {t['gflops']:.1f} GFLOP/s = "
+        f"{t['gflops'] / r['matmul_gflops']:.0%} of peak, peak RSS {t['peak_rss_mib']:,.0f} MiB",
+    ]
+    for d in (g, b):
+        lines.append(f"translation beam {d['beam']}: {d['sentences_per_s']:.1f} sent/s, "
+                     f"{d['tgt_tokens_per_s']:,.0f} tgt tok/s, BLEU {d['bleu']:.2f} "
+                     f"({d['mean_output_pieces']:.1f} pieces/sentence), peak RSS "
+                     f"{d['peak_rss_mib']:,.0f} MiB")
+    if r.get("peers"):
+        lines += ["", "| toolkit | train tgt tok/s | nmt ratio | beam-5 sent/s | nmt ratio "
+                      "| BLEU |", "|---|---:|---:|---:|---:|---:|",
+                  f"| nmt | {t['tgt_tokens_per_s']:,.0f} | 1.00 | {b['sentences_per_s']:.1f} "
+                  f"| 1.00 | {b['bleu']:.2f} |"]
+        for p in r["peers"]:
+            tok, sent = p["tgt_tokens_per_s"], p["beam5_sentences_per_s"]
+            lines.append(
+                f"| {p['kind']} | {tok or float('nan'):,.0f} "
+                f"| {t['tgt_tokens_per_s'] / tok if tok else float('nan'):.2f} "
+                f"| {sent or float('nan'):.1f} "
+                f"| {b['sentences_per_s'] / sent if sent else float('nan'):.2f} "
+                f"| {p['bleu'] if p['bleu'] is not None else float('nan'):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "bench.yaml")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed updates first")
+    ap.add_argument("--updates", type=int, default=180, help="timed updates")
+    ap.add_argument("--windows", type=int, default=6, help="timed windows (median reported)")
+    ap.add_argument("--sentences", type=int, default=1000, help="test sentences translated")
+    ap.add_argument("--repeats", type=int, default=3, help="timed translation repeats")
+    ap.add_argument("--peer", action="append", default=[], choices=["joey", "onmt", "fairseq"])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "bench.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    cfg = load_config(args.config)
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    result: dict = {"config": str(args.config), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__}
+    log.info("matmul peak ...")
+    result["matmul_gflops"] = matmul_peak()
+    log.info("data preparation ...")
+    result["prepare_pairs_per_s"] = prepare_speed(cfg)
+    prepared = prepare(cfg.data, progress=False)
+    log.info("training %d + %d updates ...", args.warmup, args.updates)
+    result["train"], model = train_speed(cfg, prepared, args.warmup, args.updates, args.windows)
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        log.info("translating %d sentences, beam %d ...", args.sentences, beam)
+        result[name] = translate_speed(model, cfg, prepared, args.sentences, beam, args.repeats)
+    result["peers"] = []
+    if args.peer:
+        data = args.out.parent / "pieces"
+        export_pieces(prepared, data, args.sentences)
+        for kind in args.peer:
+            log.info("peer %s: %d updates and translation ...", kind,
+                     args.warmup + args.updates)
+            result["peers"].append(run_peer(kind, data, args.out.parent / kind,
+                                            args.warmup + args.updates, prepared,
+                                            args.sentences))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    sys.stdout.write(table(result))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
