@@ -9,7 +9,7 @@ CONFIG ?= configs/en-pt.yaml
 LOCAL_DATA := $(wildcard ../shared/data)
 DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
-.PHONY: install test demo compare lint clean
+.PHONY: install test demo compare bench lint clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,15 @@ COMPARE_ARGS ?=
 compare: install
 	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
 	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/compare_attention.py $(COMPARE_ARGS)
+
+# Speed of data preparation, training and translation, with the matmul peak, in one run
+# (about 10 minutes); BENCH_ARGS="--peer onmt --peer joey" adds the reference toolkits, which
+# ../shared/bench/setup-peers.sh installs once.
+BENCH_ARGS ?=
+
+bench: install
+	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
+	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/bench.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check nmt tests scripts

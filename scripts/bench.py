@@ -194,6 +194,8 @@ def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
     return {"kind": kind, "tgt_tokens_per_s": float(median.group(1)) if median else None,
             "translate_seconds": seconds,
             "beam5_sentences_per_s": sentences / seconds if seconds else None,
+            "mean_output_pieces": sum(len(h.split()) + 1 for h in hyps_pieces)
+            / max(1, len(hyps_pieces)),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score if len(hyps) == len(refs)
             else None, "wall_s": time.perf_counter() - start, "speed": speed.strip()}
 
@@ -232,9 +234,9 @@ def table(r: dict) -> str:
                      f"{d['peak_rss_mib']:,.0f} MiB")
     if r.get("peers"):
         lines += ["", "| toolkit | train tgt tok/s | nmt ratio | beam-5 sent/s | nmt ratio "
-                      "| BLEU |", "|---|---:|---:|---:|---:|---:|",
+                      "| BLEU | output pieces |", "|---|---:|---:|---:|---:|---:|---:|",
                   f"| nmt | {t['tgt_tokens_per_s']:,.0f} | 1.00 | {b['sentences_per_s']:.1f} "
-                  f"| 1.00 | {b['bleu']:.2f} |"]
+                  f"| 1.00 | {b['bleu']:.2f} | {b['mean_output_pieces']:.1f} |"]
         for p in r["peers"]:
             tok, sent = p["tgt_tokens_per_s"], p["beam5_sentences_per_s"]
             lines.append(
@@ -242,7 +244,8 @@ def table(r: dict) -> str:
                 f"| {t['tgt_tokens_per_s'] / tok if tok else float('nan'):.2f} "
                 f"| {sent or float('nan'):.1f} "
                 f"| {b['sentences_per_s'] / sent if sent else float('nan'):.2f} "
-                f"| {p['bleu'] if p['bleu'] is not None else float('nan'):.2f} |")
+                f"| {p['bleu'] if p['bleu'] is not None else float('nan'):.2f} "
+                f"| {p['mean_output_pieces']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

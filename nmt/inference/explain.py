@@ -66,8 +66,8 @@ def explain_lines(translator: Translator, tr: Translation, top: int = 3) -> list
         if hyp.attention is not None and tr.src_pieces:
             w = hyp.attention[t]
             k = min(top, w.numel())
-            idx = w.topk(k).indices.tolist()
-            looked = ", ".join(f"{tr.src_pieces[i]} {float(w[i]):.2f}" for i in idx)
+            idx = [i for i in w.topk(k).indices.tolist() if w[i] > 0]
+            looked = ", ".join(f"{tr.src_pieces[i]} {float(w[i]):.2f}" for i in idx) or "-"
         lines.append(f"{t + 1:>3}  {piece:<14} top: {alts:<40} attends: {looked}")
     lines.append(f"translation: {tr.text}")
     return lines

@@ -15,6 +15,9 @@ LSTM, with the previous state, and feed the context into the step:
     h~_t = tanh(W_c [c_t'; h_t])                              (the readout, one tanh layer in
                                                                place of the paper's maxout)
 
+With `model.attention.coverage`, the state also carries the sum of the attention weights so far
+(Tu et al. 2016), which the attention reads and each step extends.
+
 `embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
 target in training); `step` does the rest of one step and is the only path, used by teacher
 forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6)
