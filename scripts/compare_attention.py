@@ -113,9 +113,11 @@ def assess(name: str, run_dir: Path, beam: int) -> tuple[Outcome, Translator]:
 
 
 def example_sentence(run_dir: Path, max_words: int) -> str:
-    """The longest test source of at most `max_words` words (the first among equals)."""
+    """The longest test source of at most `max_words` words and no digits (the first among
+    equals)."""
     sources, _ = read_test_set(run_dir / "test.en", run_dir / "test.pt", None)
-    fitting = [s for s in sources if len(s.split()) <= max_words]
+    fitting = [s for s in sources
+               if len(s.split()) <= max_words and not any(c.isdigit() for c in s)]
     return max(fitting, key=lambda s: len(s.split()))
 
 
@@ -152,6 +154,8 @@ def main() -> None:
     ap.add_argument("--example-words", type=int, default=25,
                     help="the heatmap shows the longest test sentence of at most this many words")
     ap.add_argument("--reuse", action="store_true", help="evaluate existing runs, no training")
+    ap.add_argument("--plots-only", action="store_true",
+                    help="redraw the figures from --out/results.json and the existing runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -166,22 +170,31 @@ def main() -> None:
     elif args.minutes is not None:
         overrides = [f"train.max_minutes={args.minutes}", "train.max_steps=0"]
     args.out.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    if args.plots_only:
+        saved = {o["variant"]: Outcome(**o) for o in
+                 json.loads((args.out / "results.json").read_text(encoding="utf-8"))}
+        names = [n for n in names if n in saved]
     outcomes, panels, sentence = [], [], None
     for name in names:
         cfg = variant_config(base, name, overrides)
         run_dir = args.runs / cfg.name
-        if not args.reuse:
-            run_dir = train(cfg, runs_dir=args.runs, overwrite=True)
-        outcome, translator = assess(name, run_dir, cfg.decode.beam)
+        if name in saved:
+            outcome, translator = saved[name], Translator.from_checkpoint(run_dir / "best.pt")
+        else:
+            if not args.reuse:
+                run_dir = train(cfg, runs_dir=args.runs, overwrite=True)
+            outcome, translator = assess(name, run_dir, cfg.decode.beam)
         outcomes.append(outcome)
         sentence = sentence or example_sentence(run_dir, args.example_words)
         tr = translator.translate([sentence], beam=1, keep_attention=True)[0]
         record = attention_record(translator, tr)
         panels.append((f"{name} (BLEU {outcome.bleu:.1f})", record["word_attention"],
                        record["source_words"], record["target_words"]))
-    (args.out / "results.md").write_text(table(outcomes), encoding="utf-8")
-    (args.out / "results.json").write_text(
-        json.dumps([o.__dict__ for o in outcomes], indent=1) + "\n", encoding="utf-8")
+    if not saved:
+        (args.out / "results.md").write_text(table(outcomes), encoding="utf-8")
+        (args.out / "results.json").write_text(
+            json.dumps([o.__dict__ for o in outcomes], indent=1) + "\n", encoding="utf-8")
     bleu_by_length({o.variant: [(b, s) for b, s, _ in o.by_length] for o in outcomes},
                    args.out / "bleu-by-length.png",
                    title="BLEU by source length (test split + joined test pairs)")

@@ -31,7 +31,7 @@ def attention_heatmap(matrix: list[list[float]], source: list[str], target: list
 def bleu_by_length(series: dict[str, list[tuple[str, float]]], path: Path,
                    title: str = "BLEU by source length") -> None:
     """One line per model: (bucket label, BLEU) points."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6 + (2.5 if len(series) > 1 else 0), 4))
     for name, points in series.items():
         labels = [b for b, _ in points]
         ax.plot(range(len(points)), [s for _, s in points], marker="o", label=name)
@@ -40,7 +40,7 @@ def bleu_by_length(series: dict[str, list[tuple[str, float]]], path: Path,
     ax.set_ylabel("BLEU")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -55,9 +55,13 @@ def attention_grid(panels: list[tuple[str, list[list[float]], list[str], list[st
         ax.axis("off")
     for ax, (title, matrix, source, target) in zip(axes.flat, panels):
         ax.imshow(matrix, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(len(source)), source, rotation=90, fontsize=5)
-        ax.set_yticks(range(len(target)), target, fontsize=5)
+        ax.set_xticks(range(len(source)), _short(source), rotation=90, fontsize=6)
+        ax.set_yticks(range(len(target)), _short(target), fontsize=6)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _short(labels: list[str], width: int = 12) -> list[str]:
+    return [x if len(x) <= width else x[:width - 1] + "\u2026" for x in labels]
