@@ -35,7 +35,7 @@ demo: install
 	$(NMT) translate --checkpoint runs/demo "The cat sleeps on the sofa." \
 		"I would like to book a table for two, please." "Where is the nearest train station?"
 
-# Trains every attention variant on the same budget and writes docs/compare/ (about 50 minutes
+# Trains every attention variant on the same budget and writes docs/compare/ (under an hour
 # on 2 CPU cores); COMPARE_ARGS passes options, e.g. COMPARE_ARGS="--steps 20000".
 COMPARE_ARGS ?=
 

@@ -233,7 +233,7 @@ def table(r: dict) -> str:
                      f"({d['mean_output_pieces']:.1f} pieces/sentence), peak RSS "
                      f"{d['peak_rss_mib']:,.0f} MiB")
     if r.get("peers"):
-        lines += ["", "| toolkit | train tgt tok/s | nmt ratio | beam-5 sent/s | nmt ratio "
+        lines += ["", "| toolkit | train tgt tok/s | nmt ÷ peer | beam-5 sent/s | nmt ÷ peer "
                       "| BLEU | output pieces |", "|---|---:|---:|---:|---:|---:|---:|",
                   f"| nmt | {t['tgt_tokens_per_s']:,.0f} | 1.00 | {b['sentences_per_s']:.1f} "
                   f"| 1.00 | {b['bleu']:.2f} | {b['mean_output_pieces']:.1f} |"]

@@ -11,7 +11,9 @@ import pytest
 import torch
 from hypothesis import settings
 
-from nmt.config import Config, load_config
+from nmt.config import AttentionConfig, Config, ModelConfig, load_config
+from nmt.data.tokenizer import PAD
+from nmt.model.seq2seq import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tests never read the user's corpora: session fixtures run before any function fixture.
@@ -40,6 +42,27 @@ def tiny_config(tmp: Path, **train) -> Config:
     data = replace(cfg.data, dir=str(tmp), prepared_dir=str(tmp / "prepared"),
                    corpora=(replace(cfg.data.corpora[0], path="corpus.tsv"),))
     return replace(cfg, data=data, train=replace(cfg.train, **train))
+
+
+def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,
+                kind: str = "global", wiring: str = "luong", window: int = 5,
+                coverage: bool = False, **kw):
+    """A tiny untrained model with the given attention settings."""
+    attention = AttentionConfig(type=kind, score=score, wiring=wiring, size=16, window=window,
+                                coverage=coverage)
+    cfg = ModelConfig(emb_size=16, hidden_size=16, decoder_size=32, dropout=dropout,
+                      attention=attention, **kw)
+    return build_model(cfg, vocab, vocab)
+
+
+def padded_batch():
+    """Three padded source sentences of lengths 7, 4 and 2."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([7, 4, 2])
+    src = torch.full((3, 7), PAD)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, 30, (int(n),))
+    return src, lengths
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import torch
 from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.model.attention import HardAttention, LocalAttention
 from nmt.model.scores import AdditiveScore, GeneralScore
-from tests.test_model import padded_batch, small_model
+
+from conftest import padded_batch, small_model
 
 WIRINGS = ["luong", "bahdanau"]
 

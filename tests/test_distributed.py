@@ -21,8 +21,7 @@ from nmt.training.precision import autocast_dtype
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
 
-from conftest import ROOT
-from test_model import small_model
+from conftest import ROOT, small_model
 
 
 def toy_dataset(pairs: int = 16, vocab: int = 30) -> Dataset:

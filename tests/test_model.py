@@ -5,28 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nmt.config import AttentionConfig, ModelConfig
+from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.model.seq2seq import build_model
 
-
-def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,
-                kind: str = "global", wiring: str = "luong", window: int = 5,
-                coverage: bool = False, **kw):
-    attention = AttentionConfig(type=kind, score=score, wiring=wiring, size=16, window=window,
-                                coverage=coverage)
-    cfg = ModelConfig(emb_size=16, hidden_size=16, decoder_size=32, dropout=dropout,
-                      attention=attention, **kw)
-    return build_model(cfg, vocab, vocab)
-
-
-def padded_batch():
-    torch.manual_seed(0)
-    lengths = torch.tensor([7, 4, 2])
-    src = torch.full((3, 7), PAD)
-    for i, n in enumerate(lengths):
-        src[i, :n] = torch.randint(4, 30, (int(n),))
-    return src, lengths
+from conftest import padded_batch, small_model
 
 
 @pytest.mark.parametrize("score", ["additive", "dot", "general"])

@@ -115,8 +115,15 @@ class Batch:
         return int((self.tgt_out != PAD).sum())
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.src.to(device), self.src_len, self.tgt_in.to(device),
-                     self.tgt_out.to(device), self.index)
+        """On CUDA, copies from pinned memory without blocking the host."""
+        if device.type != "cuda":
+            return self
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(device, non_blocking=True)
+
+        return Batch(move(self.src), self.src_len, move(self.tgt_in), move(self.tgt_out),
+                     self.index)
 
 
 def pad_sources(sources: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
