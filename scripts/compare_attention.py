@@ -7,11 +7,11 @@ long sentences and attention does not.
     python scripts/compare_attention.py --reuse             # re-evaluate the trained runs
 
 Writes to --out: results.md (variant, parameters, BLEU, chrF, train tokens/s, translate
-sentences/s), results.json, bleu-by-length.png and attention.png (the same long sentence seen by
-every variant). The test split is the one `nmt train` holds out. Because most of its sentences
-are short, a second set, `joined`, concatenates every three consecutive test pairs into one
-(sources with sources, references with references) to reach the lengths where a fixed-length
-vector should fail; its BLEU is reported apart and the by-length plot covers both.
+sentences/s), results.json, bleu-by-length.png and attention.png (one long sentence of our
+own, seen by every variant). The test split is the one `nmt train` holds out. Because most of
+its sentences are short, a second set, `joined`, concatenates every three consecutive test
+pairs into one (sources with sources, references with references) to reach the lengths where a
+fixed-length vector should fail; its BLEU is reported apart and the by-length plot covers both.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 BUCKETS = ((1, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, None))
 METRICS = ("bleu", "chrf")
+# The heatmaps' sentence: long, ordinary, and not from any corpus.
+EXAMPLE = ("When I came home last night, the children had already eaten their dinner and were "
+           "watching a film with their grandmother in the living room.")
 
 
 @dataclass
@@ -112,15 +115,6 @@ def assess(name: str, run_dir: Path, beam: int) -> tuple[Outcome, Translator]:
     return outcome, translator
 
 
-def example_sentence(run_dir: Path, max_words: int) -> str:
-    """The longest test source of at most `max_words` words and no digits (the first among
-    equals)."""
-    sources, _ = read_test_set(run_dir / "test.en", run_dir / "test.pt", None)
-    fitting = [s for s in sources
-               if len(s.split()) <= max_words and not any(c.isdigit() for c in s)]
-    return max(fitting, key=lambda s: len(s.split()))
-
-
 def table(outcomes: list[Outcome]) -> str:
     lines = ["| variant | parameters | steps | BLEU | chrF | joined BLEU | train tgt tok/s "
              "| translate sent/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -151,8 +145,7 @@ def main() -> None:
     budget.add_argument("--minutes", type=float, help="training minutes per variant instead")
     ap.add_argument("--runs", type=Path, default=Path("runs/compare"))
     ap.add_argument("--out", type=Path, default=Path("docs/compare"))
-    ap.add_argument("--example-words", type=int, default=25,
-                    help="the heatmap shows the longest test sentence of at most this many words")
+    ap.add_argument("--example", default=EXAMPLE, help="the sentence of the attention heatmaps")
     ap.add_argument("--reuse", action="store_true", help="evaluate existing runs, no training")
     ap.add_argument("--plots-only", action="store_true",
                     help="redraw the figures from --out/results.json and the existing runs")
@@ -175,7 +168,7 @@ def main() -> None:
         saved = {o["variant"]: Outcome(**o) for o in
                  json.loads((args.out / "results.json").read_text(encoding="utf-8"))}
         names = [n for n in names if n in saved]
-    outcomes, panels, sentence = [], [], None
+    outcomes, panels = [], []
     for name in names:
         cfg = variant_config(base, name, overrides)
         run_dir = args.runs / cfg.name
@@ -186,8 +179,7 @@ def main() -> None:
                 run_dir = train(cfg, runs_dir=args.runs, overwrite=True)
             outcome, translator = assess(name, run_dir, cfg.decode.beam)
         outcomes.append(outcome)
-        sentence = sentence or example_sentence(run_dir, args.example_words)
-        tr = translator.translate([sentence], beam=1, keep_attention=True)[0]
+        tr = translator.translate([args.example], beam=1, keep_attention=True)[0]
         record = attention_record(translator, tr)
         panels.append((f"{name} (BLEU {outcome.bleu:.1f})", record["word_attention"],
                        record["source_words"], record["target_words"]))
