@@ -41,6 +41,11 @@ def config(tmp: Path, text: str) -> Path:
     return path
 
 
+def prepare_with(text: str, *extra: str) -> Callable[[Path, Path], list[str]]:
+    """`nmt data prepare` of a config file holding `text`."""
+    return lambda tmp, run: ["data", "prepare", "-c", str(config(tmp, text)), *extra]
+
+
 def prepare_corpus(tmp: Path, content: bytes | None, name: str = "corpus.tsv",
                    **corpus) -> list[str]:
     """`nmt data prepare` of the tiny config reading `name` (with `content`, if given)."""
@@ -123,37 +128,27 @@ CASES = [
     # --- config: exit 2, the dotted key or the file named
     Case("config/missing-file", lambda t, r: ["data", "prepare", "-c", str(t / "nope.yaml")],
          2, "nope.yaml"),
-    Case("config/invalid-yaml", lambda t, r: ["data", "prepare", "-c",
-                                              str(config(t, "data:\n  vocab_size: [1,\n"))],
+    Case("config/invalid-yaml", prepare_with("data:\n  vocab_size: [1,\n"),
          2, "line 3"),
-    Case("config/unknown-key", lambda t, r: ["data", "prepare", "-c",
-                                             str(config(t, "train:\n  lrr: 0.1\n"))],
+    Case("config/unknown-key", prepare_with("train:\n  lrr: 0.1\n"),
          2, "train.lrr: unknown key"),
-    Case("config/wrong-type", lambda t, r: ["data", "prepare", "-c",
-                                            str(config(t, "train:\n  batch_tokens: big\n"))],
+    Case("config/wrong-type", prepare_with("train:\n  batch_tokens: big\n"),
          2, "train.batch_tokens: expected int, got 'big'"),
-    Case("config/negative-size", lambda t, r: ["data", "prepare", "-c",
-                                               str(config(t, "model:\n  hidden_size: -3\n"))],
+    Case("config/negative-size", prepare_with("model:\n  hidden_size: -3\n"),
          2, "model.hidden_size: expected >= 1, got -3"),
-    Case("config/dropout-1", lambda t, r: ["data", "prepare", "-c",
-                                           str(config(t, "model:\n  dropout: 1.0\n"))],
+    Case("config/dropout-1", prepare_with("model:\n  dropout: 1.0\n"),
          2, "model.dropout: expected in [0, 1)"),
-    Case("config/beam-0", lambda t, r: ["data", "prepare", "-c",
-                                        str(config(t, "decode:\n  beam: 0\n"))],
+    Case("config/beam-0", prepare_with("decode:\n  beam: 0\n"),
          2, "decode.beam: expected >= 1, got 0"),
     Case("config/invalid-choice",
-         lambda t, r: ["data", "prepare", "-c",
-                       str(config(t, "model:\n  attention:\n    type: sparse\n"))],
+         prepare_with("model:\n  attention:\n    type: sparse\n"),
          2, "model.attention.type:"),
     Case("config/inconsistent",
-         lambda t, r: ["data", "prepare", "-c", str(config(
-             t, "model:\n  tie_embeddings: true\n  emb_size: 64\n  decoder_size: 128\n"))],
+         prepare_with("model:\n  tie_embeddings: true\n  emb_size: 64\n  decoder_size: 128\n"),
          2, "model.tie_embeddings: needs model.emb_size == model.decoder_size"),
-    Case("config/bad-set-syntax", lambda t, r: ["data", "prepare", "-c",
-                                                str(config(t, "{}\n")), "--set", "train.lr"],
+    Case("config/bad-set-syntax", prepare_with("{}\n", "--set", "train.lr"),
          2, "expected KEY.PATH=VALUE"),
-    Case("config/set-unknown-key", lambda t, r: ["data", "prepare", "-c", str(config(t, "{}\n")),
-                                                 "--set", "train.speed=9"],
+    Case("config/set-unknown-key", prepare_with("{}\n", "--set", "train.speed=9"),
          2, "train.speed: unknown key"),
     # --- corpus: unusable files are runtime errors (exit 1); bad lines are skipped and counted
     Case("corpus/missing-file", lambda t, r: prepare_corpus(t, None),
