@@ -43,9 +43,9 @@ compare: install
 	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
 	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/compare_attention.py $(COMPARE_ARGS)
 
-# Speed of data preparation, training and translation, with the matmul peak, in one run
-# (about 10 minutes); BENCH_ARGS="--peer onmt --peer joey" adds the reference toolkits, which
-# ../shared/bench/setup-peers.sh installs once.
+# Speed of data preparation, training and translation, with the matmul peak, in one run (about
+# 4 minutes; 14 with both peers). BENCH_ARGS="--peer onmt --peer joey" adds the reference
+# toolkits, which ../shared/bench/setup-peers.sh installs once.
 BENCH_ARGS ?=
 
 bench: install

@@ -17,7 +17,7 @@ from nmt.training import checkpoint
 
 from conftest import ROOT
 
-STEPS = 60
+STEPS = 100  # long enough that a kill within 1.5 s of step 10 lands mid-run
 
 
 def command(tmp: Path, runs: Path, *extra: str) -> list[str]:
