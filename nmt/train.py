@@ -54,8 +54,9 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     from nmt.config import apply_overrides, read_yaml
 
     raw = read_yaml(run_dir / "config.yaml")
+    before = from_dict(raw, str(run_dir / "config.yaml"))  # defaults fill keys added since
     cfg = from_dict(apply_overrides(raw, overrides), str(run_dir / "config.yaml"))
-    changed = [s for s in ("data", "model") if to_dict(cfg)[s] != raw.get(s)]
+    changed = [s for s in ("data", "model") if getattr(cfg, s) != getattr(before, s)]
     if changed:
         raise ConfigError([f"{s}: cannot change when resuming" for s in changed])
     return cfg
