@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from nmt.config import Config, from_dict, to_dict
+from nmt.config import Config, TrainConfig, from_dict, to_dict
 from nmt.data.batching import Dataset
 from nmt.data.prepare import Prepared, prepare
 from nmt.data.report import batching_line
@@ -36,6 +36,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def build_optimizer(t: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Adam, Schedule]:
+    """Adam and the learning-rate schedule described by `train`."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas)
+    return optimizer, Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor,
+                               t.decay_patience, t.min_lr)
 
 
 def _new_run_dir(cfg: Config, runs_dir: Path, overwrite: bool) -> Path:
@@ -99,10 +106,8 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
     if d.enabled:
         torch.manual_seed(cfg.train.seed * 1000 + d.rank)  # own dropout noise per process
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
+    optimizer, schedule = build_optimizer(cfg.train, model)
     t = cfg.train
-    schedule = Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor, t.decay_patience,
-                        t.min_lr)
     saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
     validate = make_validator(model, prepared, cfg, device) if d.main else None
     trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")), validate,

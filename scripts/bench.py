@@ -39,8 +39,7 @@ from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model, count_parameters
-from nmt.train import seed_everything
-from nmt.training.schedule import Schedule
+from nmt.train import build_optimizer, seed_everything
 from nmt.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +91,8 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
     seed_everything(cfg.train.seed)
     tok = prepared.tokenizer()
     model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas)
     t = cfg.train
-    schedule = Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor, t.decay_patience,
-                        t.min_lr)
+    optimizer, schedule = build_optimizer(t, model)
     data = Dataset.load(prepared.ids("train"))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, optimizer, schedule, data, lambda: None, t, Path(tmp), {},
