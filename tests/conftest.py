@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def tiny_config(tmp: Path, **train) -> Config:
     data = replace(cfg.data, dir=str(tmp), prepared_dir=str(tmp / "prepared"),
                    corpora=(replace(cfg.data.corpora[0], path="corpus.tsv"),))
     return replace(cfg, data=data, train=replace(cfg.train, **train))
+
+
+def tiny_train_command(tmp: Path, runs: Path, *extra: str) -> list[str]:
+    """`nmt train` of configs/tiny.yaml in a subprocess: one thread, validation every 10
+    updates on 4 sentences, prepared data under `tmp`; `extra` options come last and win."""
+    return [sys.executable, "-m", "nmt", "train", "-c", str(ROOT / "configs" / "tiny.yaml"),
+            "--runs-dir", str(runs), "--set", "train.valid_every=10",
+            "--set", "train.valid_max_sentences=4", "--set", "train.threads=1",
+            "--set", f"data.dir={ROOT}", "--set", f"data.prepared_dir={tmp / 'prepared'}",
+            *extra]
 
 
 def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,

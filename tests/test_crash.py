@@ -15,17 +15,13 @@ import torch
 
 from nmt.training import checkpoint
 
-from conftest import ROOT
+from conftest import tiny_train_command
 
 STEPS = 100  # long enough that a kill within 1.5 s of step 10 lands mid-run
 
 
 def command(tmp: Path, runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nmt", "train", "-c", str(ROOT / "configs" / "tiny.yaml"),
-            "--runs-dir", str(runs), "--set", f"train.max_steps={STEPS}",
-            "--set", "train.valid_every=10", "--set", "train.valid_max_sentences=4",
-            "--set", "train.threads=1", "--set", f"data.dir={ROOT}",
-            "--set", f"data.prepared_dir={tmp / 'prepared'}", *extra]
+    return tiny_train_command(tmp, runs, "--set", f"train.max_steps={STEPS}", *extra)
 
 
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:

@@ -21,7 +21,7 @@ from nmt.training.precision import autocast_dtype
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
 
-from conftest import ROOT, small_model
+from conftest import small_model, tiny_train_command
 
 
 def toy_dataset(pairs: int = 16, vocab: int = 30) -> Dataset:
@@ -69,11 +69,7 @@ def test_precision_settings():
 
 
 def train_command(tmp: Path, runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nmt", "train", "-c", str(ROOT / "configs" / "tiny.yaml"),
-            "--runs-dir", str(runs), "--set", "train.valid_every=10",
-            "--set", "train.log_every=1", "--set", "train.valid_max_sentences=4",
-            "--set", "train.threads=1", "--set", f"data.dir={ROOT}",
-            "--set", f"data.prepared_dir={tmp / 'prepared'}", *extra]
+    return tiny_train_command(tmp, runs, "--set", "train.log_every=1", *extra)
 
 
 def losses(run: Path) -> list[float]:
