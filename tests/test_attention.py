@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmt.data.tokenizer import BOS, EOS, PAD
-from nmt.model.attention import HardAttention, LocalAttention
+from nmt.model.attention import HardAttention, LocalAttention, build_attention
 from nmt.model.scores import AdditiveScore, GeneralScore
 
 from conftest import padded_batch, small_model
@@ -196,3 +196,18 @@ def test_learns_toy_task_with_the_right_alignment(task, model):
 def test_no_attention_still_learns_reversal():
     accuracy, _ = learn_toy_task("reverse", kind="none")
     assert accuracy > 0.5  # chance is 1/20; short sentences fit in the fixed-length state
+
+
+def test_additive_score_gives_the_weights_of_its_tanh_formula():
+    """The sigmoid form of v^T tanh(W q + U k) differs by a constant, so the weights match."""
+    torch.manual_seed(5)
+    attention = build_attention("global", "additive", query_size=6, key_size=8, size=5,
+                                window=2, temperature=1.0, coverage=False)
+    keys, query = torch.randn(3, 7, 8), torch.randn(3, 6)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    _, weights = attention(query, attention.prepare(keys, mask))
+    s = attention.score
+    tanh_scores = s.v(torch.tanh(s.query_layer(query).unsqueeze(1) + s.key_layer(keys))).squeeze(2)
+    expected = torch.softmax(tanh_scores.masked_fill(~mask, float("-inf")), dim=-1)
+    assert torch.allclose(weights, expected, atol=1e-6)

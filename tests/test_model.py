@@ -67,6 +67,39 @@ def test_step_loop_matches_teacher_forcing(kind, wiring):
         assert torch.allclose(w, weights[:, t], atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage"])
+@pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
+def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
+    """Training's forward computes weight gradients once over all steps; they equal the
+    gradients of the plain step loop, whose products autograd differentiates step by step."""
+    torch.manual_seed(4)
+    coverage = kind == "coverage"
+    model = small_model(dec_layers=2, kind="global" if coverage else kind, wiring=wiring,
+                        window=2, coverage=coverage).eval()
+    src, lengths = padded_batch()
+    tgt_in = torch.randint(4, 30, (3, 6))
+    tgt_out = torch.randint(4, 30, (3, 6))
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    deferred = grads(model.loss(src, lengths, tgt_in, tgt_out)[0])
+    memory, state = model.encode(src, lengths)
+    att = []
+    for t in range(6):
+        state, _ = model.decoder.step(model.decoder.embed_inputs(tgt_in[:, t]), state, memory, t)
+        att.append(state.feed)
+    logits = model.generator(torch.stack(att, dim=1))  # (B, T, V)
+    plain = grads(torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
+                                                    reduction="sum"))
+    assert deferred.keys() == plain.keys()
+    assert any("recurrent" in n for n in plain)
+    for name, grad in plain.items():
+        assert torch.allclose(deferred[name], grad, rtol=1e-4, atol=1e-5), name
+
+
 def test_tied_embeddings_share_one_matrix():
     model = ModelConfig(emb_size=32, hidden_size=16, decoder_size=32, tie_embeddings=True)
     m = build_model(model, 30, 30)

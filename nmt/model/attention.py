@@ -106,7 +106,8 @@ class CoverageAttention(GlobalAttention):
               coverage: torch.Tensor | None) -> torch.Tensor:
         if coverage is None:
             coverage = memory.mask.new_zeros(memory.mask.shape, dtype=query.dtype)
-        proj = memory.proj + self.coverage_layer(coverage.unsqueeze(2))  # (B, S, A)
+        cover = self.coverage_layer(coverage.unsqueeze(2))  # (B, S, A)
+        proj = memory.proj + 2 * cover  # doubled, as AdditiveScore.project doubles U h_j
         return masked_softmax(self.score(query, memory.keys, proj), memory.mask)
 
 

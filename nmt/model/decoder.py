@@ -33,6 +33,7 @@ from torch import nn
 
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Attention, Memory
+from nmt.model.deferred import linear, step_loop
 
 
 @dataclass
@@ -65,11 +66,11 @@ class Decoder(nn.Module):
         self.input_layer = nn.Linear(emb_size, h4)  # W_x and the gate bias
         context_size = attention.context_size
         feed = context_size if self.early else hidden_size if self.input_feeding else 0
-        # recurrent weights of layer 0 act on [feed; h_{t-1}], where feed is h~_{t-1} (luong,
-        # input feeding) or c_t' (bahdanau); those of layer l > 0 act on [h_{l-1}; h_l]
+        # recurrent weights (4H, in) of layer 0 act on [feed; h_{t-1}], where feed is h~_{t-1}
+        # (luong, input feeding) or c_t' (bahdanau); those of layer l > 0 act on [h_{l-1}; h_l]
         self.recurrent = nn.ParameterList(
-            [nn.Parameter(torch.empty(feed + hidden_size, h4))]
-            + [nn.Parameter(torch.empty(2 * hidden_size, h4)) for _ in range(layers - 1)]
+            [nn.Parameter(torch.empty(h4, feed + hidden_size))]
+            + [nn.Parameter(torch.empty(h4, 2 * hidden_size)) for _ in range(layers - 1)]
         )
         self.upper_bias = nn.ParameterList(
             [nn.Parameter(torch.zeros(h4)) for _ in range(layers - 1)])
@@ -81,7 +82,8 @@ class Decoder(nn.Module):
 
     def embed_inputs(self, y: torch.Tensor) -> torch.Tensor:
         """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates."""
-        return self.input_layer(self.dropout(self.embed(y)))
+        emb = self.dropout(self.embed(y))  # (..., E)
+        return linear(emb, self.input_layer.weight) + self.input_layer.bias
 
     @staticmethod
     def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,17 +103,16 @@ class Decoder(nn.Module):
         for layer in range(self.layers):
             prev = state.h[layer]
             inp = prev if below is None else torch.cat([below, prev], dim=1)
-            if layer == 0:
-                gates = torch.addmm(x, inp, self.recurrent[0])  # (B, 4H)
-            else:
-                gates = torch.addmm(self.upper_bias[layer - 1], inp, self.recurrent[layer])
+            bias = x if layer == 0 else self.upper_bias[layer - 1]
+            gates = bias + linear(inp, self.recurrent[layer])  # (B, 4H)
             h, c = self._cell(gates, state.c[layer])
             hs.append(h)
             cs.append(c)
             below = self.dropout(h) if layer + 1 < self.layers else h
         if not self.early:
             context, weights = self.attention(h, memory, t, state.coverage)  # (B, K), (B, S)
-        att = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (B, H)
+        att = self.dropout(torch.tanh(linear(torch.cat([context, h], dim=1),
+                                             self.combine.weight)))  # (B, H)
         coverage = None
         if self.attention.uses_coverage:
             coverage = weights if state.coverage is None else state.coverage + weights
@@ -122,8 +123,9 @@ class Decoder(nn.Module):
         """Teacher forcing: tgt_in (B, T) -> attentional states (B, T, H), weights (B, T, S)."""
         x = self.embed_inputs(tgt_in)  # (B, T, 4H), one product for all steps
         outputs, weights = [], []
-        for t in range(tgt_in.size(1)):
-            state, w = self.step(x[:, t], state, memory, t)
-            outputs.append(state.feed)
-            weights.append(w)
+        with step_loop():  # weights packed once, their gradients one product over all steps
+            for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node, not T slices
+                state, w = self.step(x_t, state, memory, t)
+                outputs.append(state.feed)
+                weights.append(w)
         return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)

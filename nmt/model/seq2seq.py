@@ -15,6 +15,7 @@ from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Memory, build_attention
 from nmt.model.decoder import Decoder, DecoderState
+from nmt.model.deferred import linear
 from nmt.model.encoder import Encoder
 
 
@@ -76,7 +77,7 @@ class Seq2Seq(nn.Module):
 
     def log_probs(self, att: torch.Tensor) -> torch.Tensor:
         """(B, H) attentional states -> (B, V) log-probabilities of the next token."""
-        return torch.log_softmax(self.generator(att), dim=-1)
+        return torch.log_softmax(linear(att, self.generator.weight), dim=-1)
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:

@@ -27,7 +27,7 @@ import torch
 from nmt.errors import CheckpointError, NmtError
 
 FORMAT = "nmt-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def _fsync_dir(path: Path) -> None:

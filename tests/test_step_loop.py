@@ -1,0 +1,52 @@
+"""`nmt.model.deferred`: packed and int8 products inside a step loop against F.linear."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nmt.model.deferred import linear, step_loop
+
+
+def test_packed_products_equal_plain_ones_and_follow_weight_updates():
+    torch.manual_seed(6)
+    weight = torch.nn.Parameter(torch.randn(96, 80))
+    x = torch.randn(5, 80)
+    with torch.no_grad(), step_loop():
+        assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+    with torch.no_grad():
+        weight.mul_(2)  # a new version: the kept pack must not be reused
+    with torch.no_grad(), step_loop():
+        assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+
+
+def test_int8_products_are_close_to_fp32_ones():
+    torch.manual_seed(7)
+    weight = torch.randn(128, 256) * 0.05
+    x = torch.randn(40, 256)
+    exact = F.linear(x, weight)
+    with torch.no_grad(), step_loop(int8=True):
+        approx = linear(x, weight)
+        with step_loop():  # nested loops inherit int8
+            inner = linear(x, weight)
+    assert not torch.equal(approx, exact)
+    assert torch.equal(inner, approx)
+    assert (approx - exact).abs().max() < 0.03 * exact.abs().max()
+
+
+def test_deferred_gradient_equals_the_per_step_sum():
+    """A weight used at 4 steps gets one gradient equal to autograd's per-step sum."""
+    torch.manual_seed(8)
+    weight = torch.nn.Parameter(torch.randn(64, 64) / 8)
+    h0 = torch.randn(3, 64)
+
+    def run(loop: bool) -> torch.Tensor:
+        weight.grad = None
+        h = h0
+        with step_loop() if loop else torch.enable_grad():
+            for _ in range(4):
+                h = torch.tanh(linear(h, weight) if loop else F.linear(h, weight))
+        h.sum().backward()
+        return weight.grad.clone()
+
+    assert torch.allclose(run(True), run(False), atol=1e-5)
