@@ -189,6 +189,8 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 BeamOpt = Annotated[Optional[int], typer.Option(
     "--beam", "-b", min=1, help="Beam size; 1 is greedy (default: decode.beam).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+Int8Opt = Annotated[Optional[bool], typer.Option(
+    "--int8/--no-int8", help="CPU: 8-bit weights in the decoder (faster; default: decode.int8).")]
 
 
 def _read_input(sentences: list[str], input_file: Optional[Path]) -> Optional[list[str]]:
@@ -230,6 +232,7 @@ def translate_cmd(
     = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show each greedy step: token, alternatives, attended words.")] = False,
+    int8: Int8Opt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate English sentences into Portuguese."""
@@ -240,7 +243,7 @@ def translate_cmd(
     if explain and (lines is None or len(lines) != 1):
         raise UsageError("--explain takes exactly one sentence")
     translator = load_translator(checkpoint, device, length_penalty=length_penalty,
-                                 max_len_ratio=max_len_ratio, batch_size=batch_size)
+                                 max_len_ratio=max_len_ratio, batch_size=batch_size, int8=int8)
     if n_best > 1 and (beam or translator.decode.beam) < n_best:
         raise UsageError(f"--n-best {n_best} needs --beam of at least {n_best}")
     run_translate(translator, lines, output, beam, n_best, attention, explain)
@@ -269,6 +272,7 @@ def eval_cmd(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="PNG for --by-length (default: beside the hypotheses).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    int8: Int8Opt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate a test set and score it with sacrebleu (the run's own test split by default)."""
@@ -280,7 +284,7 @@ def eval_cmd(
         raise UsageError("give --tsv or --src/--ref, not both")
     names = metric_names(metrics, chrf, ter)
     run_eval(checkpoint or [None], src, ref, tsv, beam, names, by_length, output, plot,
-             as_json, device)
+             as_json, device, int8)
 
 
 def main() -> None:

@@ -140,10 +140,10 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
 
 
 def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sentences: int,
-                    beam: int, repeats: int) -> dict:
+                    beam: int, repeats: int, int8: bool = False) -> dict:
     sources = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()[:sentences]
     refs = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()[:sentences]
-    translator = Translator(model.eval(), prepared.tokenizer(), cfg.decode,
+    translator = Translator(model.eval(), prepared.tokenizer(), replace(cfg.decode, int8=int8),
                             4 * cfg.data.max_pieces)
     peak_rss_reset()
     times, out = [], []
@@ -154,7 +154,8 @@ def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sen
     seconds = statistics.median(times)
     tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in out)  # with EOS
     hyps = [t.text for t in out]
-    return {"beam": beam, "sentences": len(sources), "sentences_per_s": len(sources) / seconds,
+    return {"beam": beam, "int8": int8, "sentences": len(sources),
+            "sentences_per_s": len(sources) / seconds,
             "tgt_tokens_per_s": tokens / seconds, "mean_output_pieces": tokens / len(out),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
 
@@ -224,23 +225,34 @@ def table(r: dict) -> str:
         f"{t['flop_per_tgt_token'] / 1e6:.1f} MFLOP/tgt token = {t['gflops']:.1f} GFLOP/s = "
         f"{t['gflops'] / r['matmul_gflops']:.0%} of peak, peak RSS {t['peak_rss_mib']:,.0f} MiB",
     ]
-    for d in (g, b):
-        lines.append(f"translation beam {d['beam']}: {d['sentences_per_s']:.1f} sent/s, "
+    for d in (g, b, r["beam5_int8"]):
+        lines.append(f"translation beam {d['beam']}{' int8' if d['int8'] else ''}: "
+                     f"{d['sentences_per_s']:.1f} sent/s, "
                      f"{d['tgt_tokens_per_s']:,.0f} tgt tok/s, BLEU {d['bleu']:.2f} "
                      f"({d['mean_output_pieces']:.1f} pieces/sentence), peak RSS "
                      f"{d['peak_rss_mib']:,.0f} MiB")
+    q = r["beam5_int8"]
+    lines.append(f"int8 beam 5: {q['sentences_per_s'] / b['sentences_per_s']:.2f}x the fp32 "
+                 f"speed, BLEU {q['bleu'] - b['bleu']:+.2f}")
     if r.get("peers"):
         lines += ["", "| toolkit | train tgt tok/s | nmt ÷ peer | beam-5 sent/s | nmt ÷ peer "
                       "| BLEU | output pieces |", "|---|---:|---:|---:|---:|---:|---:|",
                   f"| nmt | {t['tgt_tokens_per_s']:,.0f} | 1.00 | {b['sentences_per_s']:.1f} "
                   f"| 1.00 | {b['bleu']:.2f} | {b['mean_output_pieces']:.1f} |"]
+        if "general" in r:
+            gt, gb = r["general"]["train"], r["general"]["beam5"]
+            lines.append(f"| nmt, general score | {gt['tgt_tokens_per_s']:,.0f} | 1.00 "
+                         f"| {gb['sentences_per_s']:.1f} | 1.00 | {gb['bleu']:.2f} "
+                         f"| {gb['mean_output_pieces']:.1f} |")
         for p in r["peers"]:
             tok, sent = p["tgt_tokens_per_s"], p["beam5_sentences_per_s"]
+            # fairseq is compared with nmt on its own architecture (general score)
+            ours = r["general"] if p["kind"] == "fairseq" else {"train": t, "beam5": b}
             lines.append(
                 f"| {p['kind']} | {tok or float('nan'):,.0f} "
-                f"| {t['tgt_tokens_per_s'] / tok if tok else float('nan'):.2f} "
+                f"| {ours['train']['tgt_tokens_per_s'] / tok if tok else float('nan'):.2f} "
                 f"| {sent or float('nan'):.1f} "
-                f"| {b['sentences_per_s'] / sent if sent else float('nan'):.2f} "
+                f"| {ours['beam5']['sentences_per_s'] / sent if sent else float('nan'):.2f} "
                 f"| {p['bleu'] if p['bleu'] is not None else float('nan'):.2f} "
                 f"| {p['mean_output_pieces']:.1f} |")
     return "\n".join(lines) + "\n"
@@ -270,9 +282,17 @@ def main() -> None:
     prepared = prepare(cfg.data, progress=False)
     log.info("training %d + %d updates ...", args.warmup, args.updates)
     result["train"], model = train_speed(cfg, prepared, args.warmup, args.updates, args.windows)
-    for name, beam in (("greedy", 1), ("beam5", 5)):
-        log.info("translating %d sentences, beam %d ...", args.sentences, beam)
-        result[name] = translate_speed(model, cfg, prepared, args.sentences, beam, args.repeats)
+    for name, beam, int8 in (("greedy", 1, False), ("beam5", 5, False), ("beam5_int8", 5, True)):
+        log.info("translating %d sentences, beam %d%s ...", args.sentences, beam,
+                 ", int8" if int8 else "")
+        result[name] = translate_speed(model, cfg, prepared, args.sentences, beam, args.repeats,
+                                       int8)
+    if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
+        general = load_config(args.config, ["model.attention.score=general"])
+        log.info("training with the general score, as fairseq's lstm ...")
+        trained, model = train_speed(general, prepared, args.warmup, args.updates, args.windows)
+        result["general"] = {"train": trained, "beam5": translate_speed(
+            model, general, prepared, args.sentences, 5, args.repeats)}
     result["peers"] = []
     if args.peer:
         data = args.out.parent / "pieces"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,20 @@ def test_translates_the_test_split_well(translator, trained_run, sources):
     assert sacrebleu.corpus_bleu(hyps, [refs]).score > 50
 
 
+def test_int8_translates_about_as_well(translator, trained_run, sources):
+    refs = (trained_run / "test.pt").read_text().splitlines()
+    fp32 = [t.text for t in translator.translate(sources, beam=3)]
+    translator.decode = replace(translator.decode, int8=True)
+    try:
+        int8 = [t.text for t in translator.translate(sources, beam=3)]
+    finally:
+        translator.decode = replace(translator.decode, int8=False)
+    same = sum(a == b for a, b in zip(fp32, int8)) / len(fp32)
+    assert same > 0.8
+    assert abs(sacrebleu.corpus_bleu(int8, [refs]).score
+               - sacrebleu.corpus_bleu(fp32, [refs]).score) < 2
+
+
 def test_beam_one_equals_greedy(translator, sources):
     from nmt.inference.search import beam_search, greedy
 
@@ -51,6 +66,26 @@ def test_beam_one_equals_greedy(translator, sources):
     assert [h.tokens for h in g] == [nb[0].tokens for nb in b]
     for hg, nb in zip(g, b):
         assert hg.score == pytest.approx(nb[0].score * ((5 + len(hg.tokens) + 1) / 6), abs=1e-4)
+
+
+def test_early_stop_keeps_the_best_hypothesis_without_length_penalty(translator, sources):
+    """With alpha 0 no live hypothesis can overtake an ended one that outscores it, so stopping
+    when the best candidate ends returns what waiting for `beam` ended hypotheses returns."""
+    from nmt.inference.search import beam_search
+
+    ids = [translator.tokenizer.encode_src([s])[0] for s in sources[:40]]
+    import numpy as np
+
+    from nmt.data.batching import pad_sources
+
+    src, lengths = pad_sources([np.asarray(x) for x in ids])
+    max_len = lengths * 2 + 10
+    early, full = (beam_search(translator.model, src, lengths, max_len, beam=4, alpha=0.0,
+                               early_stop=stop) for stop in (True, False))
+    assert [nb[0].tokens for nb in early] == [nb[0].tokens for nb in full]
+    assert [nb[0].score for nb in early] == pytest.approx([nb[0].score for nb in full], abs=1e-5)
+    with_penalty = beam_search(translator.model, src, lengths, max_len, beam=4, alpha=1.0)
+    assert all(len(nb) == 1 for nb in with_penalty)
 
 
 @pytest.mark.parametrize("beam", [1, 4])

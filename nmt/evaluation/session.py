@@ -32,12 +32,13 @@ def metric_names(metrics: str | None, chrf: bool, ter: bool) -> tuple[str, ...]:
 
 def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
              tsv: Path | None, beam: int | None, names: tuple[str, ...], lengths: bool,
-             output: Path | None, plot: Path | None, as_json: bool, device: str) -> None:
+             output: Path | None, plot: Path | None, as_json: bool, device: str,
+             int8: bool | None = None) -> None:
     if output is not None and len(checkpoints) > 1:
         raise UsageError("--output names one file: use it with one --checkpoint")
     results: list[EvalResult] = []
     for ckpt in checkpoints:
-        translator = load_translator(ckpt, device)
+        translator = load_translator(ckpt, device, int8=int8)
         run_dir = translator.path.parent
         if src is None and tsv is None:
             sources, refs = read_test_set(run_dir / "test.en", run_dir / "test.pt", None)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.data.tokenizer import BOS, EOS
+from nmt.model.deferred import step_loop
 from nmt.model.seq2seq import Seq2Seq
 
 
@@ -28,6 +29,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.inference_mode()
+@step_loop()  # weights packed once for all steps
 def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
            keep_attention: bool = False, top_k: int = 0) -> list[Hypothesis]:
     """Picks the most likely token at each step; returns one hypothesis per sentence.
@@ -70,64 +72,80 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
 
 
 @torch.inference_mode()
+@step_loop()
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
-                keep_attention: bool = False) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, early_stop: bool = True) -> list[list[Hypothesis]]:
     """Beam search; returns the `n_best` hypotheses of each sentence, best first, scored by
-    log-probability / length_penalty. A sentence stops when `beam` hypotheses have ended."""
+    log-probability / length_penalty.
+
+    A sentence stops when `beam` hypotheses have ended or, with `early_stop` (as OpenNMT-py and
+    Joey NMT do), as soon as its best candidate, by log-probability, is an ending one and
+    `n_best` have ended: every live hypothesis already scores lower and can only lose more.
+    Without a length penalty (alpha 0) the two rules return the same best hypothesis; with one,
+    a longer hypothesis may in principle have overtaken it.
+
+    The first step runs once per sentence, not once per beam (all beams start equal)."""
     b, k = src.size(0), beam
+    dev = src.device
     memory, state = model.encode(src, src_len)
-    expand = torch.arange(b, device=src.device).repeat_interleave(k)  # (B*K,)
-    memory, state = memory.select(expand), state.select(expand)
-    sent = torch.arange(b)  # sentence of each active group of K rows
-    scores = torch.full((b, k), float("-inf"), device=src.device)
-    scores[:, 0] = 0.0  # (n, K) cumulative log-probabilities; one live beam at first
-    history = torch.empty((b * k, 0), dtype=torch.long, device=src.device)  # (n*K, t)
+    width = 1  # live hypotheses per sentence: one until the first step has run
+    sent = torch.arange(b)  # sentence of each active group of `width` rows
+    scores = torch.zeros((b, 1), device=dev)  # (n, width) cumulative log-probabilities
+    history = torch.empty((b, 0), dtype=torch.long, device=dev)  # (n*width, t)
     att_hist = None
-    prev = torch.full((b * k,), BOS, dtype=torch.long, device=src.device)
+    prev = torch.full((b,), BOS, dtype=torch.long, device=dev)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    n_done = torch.zeros(b, dtype=torch.long)  # (n,) finished hypotheses per active sentence
     for t in range(int(max_len.max()) + 1):
         state, weights = model.decoder.step(model.decoder.embed_inputs(prev), state, memory, t)
         if keep_attention:
-            w = weights.unsqueeze(1)  # (n*K, 1, S)
+            w = weights.unsqueeze(1)  # (n*width, 1, S)
             att_hist = w if att_hist is None else torch.cat([att_hist, w], dim=1)
-        logp = model.log_probs(state.feed)  # (n*K, V)
+        logp = model.log_probs(state.feed)  # (n*width, V)
         n, v = scores.size(0), logp.size(1)
-        at_limit = (max_len[sent] <= t).to(logp.device)  # (n,) must end now
+        at_limit = (max_len[sent] <= t).to(dev)  # (n,) must end now
         if bool(at_limit.any()):
-            rows = at_limit.repeat_interleave(k)
+            rows = at_limit.repeat_interleave(width)
             forced = torch.full_like(logp[rows], float("-inf"))
             forced[:, EOS] = logp[rows][:, EOS]
             logp[rows] = forced
-        cand = (scores.unsqueeze(2) + logp.view(n, k, v)).view(n, k * v)  # (n, K*V)
+        cand = (scores.unsqueeze(2) + logp.view(n, width, v)).view(n, width * v)
         top_s, top_i = cand.topk(2 * k, dim=1)  # (n, 2K)
         top_beam, top_tok = top_i // v, top_i % v
         is_eos = top_tok == EOS
         # finalise EOS candidates ranked within the first K
-        for g, r in (is_eos[:, :k] & (top_s[:, :k] > float("-inf"))).nonzero().tolist():
+        ended = is_eos[:, :k] & (top_s[:, :k] > float("-inf"))  # (n, K)
+        for g, r in ended.nonzero().tolist():
             i = int(sent[g])
-            row = g * k + int(top_beam[g, r])
+            row = g * width + int(top_beam[g, r])
             toks = history[row].tolist()
             att = att_hist[row].cpu() if keep_attention else None
             finished[i].append(Hypothesis(
                 toks, float(top_s[g, r]) / length_penalty(len(toks) + 1, alpha), att))
+        n_done += ended.sum(dim=1).cpu()
         # continue with the best K candidates that are not EOS
-        order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]  # (n, K)
-        scores = top_s.gather(1, order)
-        src_rows = (torch.arange(n, device=logp.device).unsqueeze(1) * k
+        order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]
+        scores = top_s.gather(1, order)  # (n, K)
+        src_rows = (torch.arange(n, device=dev).unsqueeze(1) * width
                     + top_beam.gather(1, order)).view(-1)  # (n*K,)
         prev = top_tok.gather(1, order).view(-1)
         history = torch.cat([history[src_rows], prev.unsqueeze(1)], dim=1)
         if keep_attention:
             att_hist = att_hist[src_rows]
         state = state.select(src_rows)
-        done = torch.tensor([len(finished[int(i)]) >= k for i in sent]) | at_limit.cpu()
+        if width < k:  # after the first step every sentence has K live hypotheses
+            memory = memory.select(torch.arange(n, device=dev).repeat_interleave(k))
+            width = k
+        done = (n_done >= k) | at_limit.cpu()
+        if early_stop:
+            done |= is_eos[:, 0].cpu() & (n_done >= n_best)
         if bool(done.all()):
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
-            rows = (keep.unsqueeze(1) * k + torch.arange(k)).view(-1).to(logp.device)
-            sent, scores = sent[keep], scores[keep.to(logp.device)]
+            rows = (keep.unsqueeze(1) * k + torch.arange(k)).view(-1).to(dev)
+            sent, n_done, scores = sent[keep], n_done[keep], scores[keep.to(dev)]
             prev, history = prev[rows], history[rows]
             memory, state = memory.select(rows), state.select(rows)
             if keep_attention:

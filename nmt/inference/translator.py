@@ -18,6 +18,7 @@ from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError
 from nmt.inference.search import Hypothesis, beam_search, greedy
+from nmt.model.deferred import step_loop
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.training import checkpoint
 
@@ -97,11 +98,12 @@ class Translator:
         src = src.to(self.device)
         d = self.decode
         max_len = (src_len.float() * d.max_len_ratio).long() + d.max_len_add  # (B,)
-        if beam == 1:
-            hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k)
-            return [[h] for h in hyps]
-        return beam_search(self.model, src, src_len, max_len, beam, n_best, d.length_penalty,
-                           keep_attention)
+        with step_loop(int8=d.int8 and self.device.type == "cpu"):
+            if beam == 1:
+                hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k)
+                return [[h] for h in hyps]
+            return beam_search(self.model, src, src_len, max_len, beam, n_best,
+                               d.length_penalty, keep_attention, d.early_stop)
 
     def target_pieces(self, hyp: Hypothesis) -> list[str]:
         return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]
