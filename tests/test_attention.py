@@ -211,3 +211,27 @@ def test_additive_score_gives_the_weights_of_its_tanh_formula():
     tanh_scores = s.v(torch.tanh(s.query_layer(query).unsqueeze(1) + s.key_layer(keys))).squeeze(2)
     expected = torch.softmax(tanh_scores.masked_fill(~mask, float("-inf")), dim=-1)
     assert torch.allclose(weights, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage",
+                                  "dot", "general"])
+def test_beam_search_of_a_batch_equals_one_sentence_at_a_time(kind):
+    """Beam search shares one memory row among a sentence's hypotheses and drops finished
+    sentences; neither may change any variant's results."""
+    from nmt.inference.search import beam_search
+
+    torch.manual_seed(9)
+    score = kind if kind in ("dot", "general") else "additive"
+    variant = "global" if kind in ("coverage", "dot", "general") else kind
+    model = small_model(score=score, kind=variant, window=2, coverage=kind == "coverage").eval()
+    src, lengths = padded_batch()
+    max_len = lengths + 3
+    together = beam_search(model, src, lengths, max_len, beam=3, n_best=2, keep_attention=True)
+    for i, n in enumerate(lengths.tolist()):
+        alone = beam_search(model, src[i:i + 1, :n], lengths[i:i + 1], max_len[i:i + 1], beam=3,
+                            n_best=2, keep_attention=True)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        for a, b in zip(alone, together[i]):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert torch.allclose(a.attention, b.attention[:, :n], atol=1e-5)
+            assert torch.all(b.attention[:, n:] == 0)

@@ -135,7 +135,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_le
             att_hist = att_hist[src_rows]
         state = state.select(src_rows)
         if width < k:  # after the first step every sentence has K live hypotheses
-            memory = memory.select(torch.arange(n, device=dev).repeat_interleave(k))
+            memory = memory.grouped(k)  # one memory row per sentence, shared by its K rows
             width = k
         done = (n_done >= k) | at_limit.cpu()
         if early_stop:
@@ -147,7 +147,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_le
             rows = (keep.unsqueeze(1) * k + torch.arange(k)).view(-1).to(dev)
             sent, n_done, scores = sent[keep], n_done[keep], scores[keep.to(dev)]
             prev, history = prev[rows], history[rows]
-            memory, state = memory.select(rows), state.select(rows)
+            memory, state = memory.select(keep.to(dev)), state.select(rows)
             if keep_attention:
                 att_hist = att_hist[rows]
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

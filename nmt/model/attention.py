@@ -19,6 +19,8 @@ and `coverage` adds the attention history to the additive score of global attent
 2016), so that the model can learn not to attend again to words it has already translated.
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size).
+Queries come in groups of `memory.group` rows that share one memory row (beam search: the K
+hypotheses of a sentence), so B = memory rows x group; training has groups of 1.
 `weights` is (B, S) and exactly 0 on padding; except for `none` it is a distribution (sums to 1)
 over the positions the variant may look at. `context` is (B, context_size), the weighted sum of
 the keys.
@@ -41,18 +43,28 @@ TYPES = ("none", "global", "local-m", "local-p", "hard")
 class Memory:
     """Encoder annotations as seen by attention, prepared once per batch."""
 
-    keys: torch.Tensor  # (B, S, K) encoder annotations, also the values
-    proj: torch.Tensor | None  # (B, S, ...) keys projected once per batch (None if unused)
-    mask: torch.Tensor  # (B, S) True on real source tokens
+    keys: torch.Tensor  # (N, S, K) encoder annotations, also the values
+    proj: torch.Tensor | None  # (N, S, ...) keys projected once per batch (None if unused)
+    mask: torch.Tensor  # (N, S) True on real source tokens
+    group: int = 1  # query rows per memory row: B = N x group
 
     def select(self, index: torch.Tensor) -> Memory:
-        """Rows `index` (B',) of the memory, e.g. to expand or reorder beams."""
+        """Memory rows `index` (N',), e.g. to drop finished sentences."""
         proj = None if self.proj is None else self.proj.index_select(0, index)
-        return Memory(self.keys.index_select(0, index), proj, self.mask.index_select(0, index))
+        return Memory(self.keys.index_select(0, index), proj, self.mask.index_select(0, index),
+                      self.group)
+
+    def grouped(self, group: int) -> Memory:
+        """The same memory, shared by `group` query rows per memory row."""
+        return Memory(self.keys, self.proj, self.mask, group)
+
+    def row_mask(self) -> torch.Tensor:
+        """(B, S) the mask of each query row."""
+        return self.mask if self.group == 1 else self.mask.repeat_interleave(self.group, 0)
 
     def lengths(self) -> torch.Tensor:
-        """(B,) number of real source tokens."""
-        return self.mask.sum(dim=1)
+        """(B,) number of real source tokens of each query row."""
+        return self.row_mask().sum(dim=1)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -78,12 +90,13 @@ class GlobalAttention(nn.Module):
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
         """(B, Q) query -> (B, S) attention weights."""
-        return masked_softmax(self.score(query, memory.keys, memory.proj), memory.mask)
+        return masked_softmax(self.score(query, memory.keys, memory.proj), memory.row_mask())
 
     def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
                 coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = self.align(query, memory, step, coverage)  # (B, S)
-        context = torch.bmm(weights.unsqueeze(1), memory.keys).squeeze(1)  # (B, K)
+        n, s, k = memory.keys.shape
+        context = torch.bmm(weights.view(n, -1, s), memory.keys).view(-1, k)  # (B, K)
         return context, weights
 
 
@@ -104,11 +117,14 @@ class CoverageAttention(GlobalAttention):
 
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
+        mask = memory.row_mask()  # (B, S)
         if coverage is None:
-            coverage = memory.mask.new_zeros(memory.mask.shape, dtype=query.dtype)
+            coverage = mask.new_zeros(mask.shape, dtype=query.dtype)
         cover = self.coverage_layer(coverage.unsqueeze(2))  # (B, S, A)
-        proj = memory.proj + 2 * cover  # doubled, as AdditiveScore.project doubles U h_j
-        return masked_softmax(self.score(query, memory.keys, proj), memory.mask)
+        n, s, a = memory.proj.shape
+        # (N, group, S, A); doubled, as AdditiveScore.project doubles U h_j
+        proj = memory.proj.unsqueeze(1) + 2 * cover.view(n, -1, s, a)
+        return masked_softmax(self.score(query, memory.keys, proj), mask)
 
 
 class LocalAttention(GlobalAttention):
@@ -149,7 +165,7 @@ class LocalAttention(GlobalAttention):
         p = self.centre(query, memory, step)  # (B,)
         positions = torch.arange(scores.size(1), device=scores.device, dtype=scores.dtype)
         distance = positions.unsqueeze(0) - p.unsqueeze(1)  # (B, S)
-        inside = (distance.abs() <= self.window) & memory.mask  # (B, S)
+        inside = (distance.abs() <= self.window) & memory.row_mask()  # (B, S)
         if self.predictive:
             sigma = self.window / 2
             scores = scores - distance.pow(2) / (2 * sigma ** 2)
@@ -174,7 +190,7 @@ class HardAttention(GlobalAttention):
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
         scores = self.score(query, memory.keys, memory.proj)  # (B, S)
-        logits = scores.masked_fill(~memory.mask, float("-inf"))
+        logits = scores.masked_fill(~memory.row_mask(), float("-inf"))
         if self.training:
             return F.gumbel_softmax(logits, tau=self.temperature, hard=True)  # (B, S) one-hot
         return F.one_hot(logits.argmax(dim=1), logits.size(1)).to(scores.dtype)
@@ -193,7 +209,7 @@ class NoAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
                 coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s = memory.mask.shape
+        b, s = query.size(0), memory.mask.size(1)
         return query.new_zeros(b, 0), query.new_zeros(b, s)  # (B, 0), (B, S)
 
 

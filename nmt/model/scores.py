@@ -4,7 +4,8 @@
     scores = score(query, keys, proj)      # once per target step, (B, S), before any masking
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
-A size of the additive scorer.
+A size of the additive scorer. Keys have N = B / g rows, each shared by g consecutive queries
+(`Memory.group`; g = 1 in training).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ class Score(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, query: torch.Tensor, keys: torch.Tensor,
                 proj: torch.Tensor | None) -> torch.Tensor:
-        """(B, Q) query, (B, S, K) keys -> (B, S) unnormalised scores."""
+        """(B, Q) query, (N, S, K) keys -> (B, S) unnormalised scores."""
+
+
+def _per_query(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """(N, S, D) keys . (B, D) queries, B = N x g -> (B, S) dot products."""
+    n, s, d = keys.shape
+    return torch.bmm(keys, query.view(n, -1, d).transpose(1, 2)).transpose(1, 2).reshape(-1, s)
 
 
 class AdditiveScore(Score):
@@ -49,8 +56,11 @@ class AdditiveScore(Score):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor,
                 proj: torch.Tensor | None) -> torch.Tensor:
-        q = 2 * linear(query, self.query_layer.weight).unsqueeze(1)  # (B, 1, A)
-        return 2 * linear(torch.sigmoid(proj + q), self.v.weight).squeeze(2)  # (B, S)
+        n, s, a = keys.size(0), keys.size(1), self.v.in_features
+        q = 2 * linear(query, self.query_layer.weight).view(n, -1, 1, a)  # (N, g, 1, A)
+        if proj.dim() == 3:
+            proj = proj.unsqueeze(1)  # (N, 1, S, A), or (N, g, S, A) as given
+        return 2 * linear(torch.sigmoid(proj + q), self.v.weight).view(-1, s)  # (B, S)
 
 
 class DotScore(Score):
@@ -58,7 +68,7 @@ class DotScore(Score):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor,
                 proj: torch.Tensor | None) -> torch.Tensor:
-        return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)  # (B, S)
+        return _per_query(keys, query)  # (B, S)
 
 
 class GeneralScore(Score):
@@ -74,7 +84,7 @@ class GeneralScore(Score):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor,
                 proj: torch.Tensor | None) -> torch.Tensor:
-        return torch.bmm(proj, query.unsqueeze(2)).squeeze(2)  # (B, S)
+        return _per_query(proj, query)  # (B, S)
 
 
 SCORES = ("additive", "dot", "general")
