@@ -113,7 +113,7 @@ class DecodeConfig:
     max_len_add: int = 10  # see max_len_ratio
     batch_size: int = 64  # sentences translated together
     n_best: int = 1  # hypotheses returned per sentence
-    early_stop: bool = True  # a sentence ends once its best candidate ends (false: once beam have)
+    early_stop: bool = False  # end a sentence once its best candidate ends (else: beam have)
     int8: bool = False  # CPU: 8-bit weights in the decoder's step and output layer (faster)
 
 

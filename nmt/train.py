@@ -22,7 +22,7 @@ from nmt.data.batching import Dataset
 from nmt.data.prepare import Prepared, prepare
 from nmt.data.report import batching_line
 from nmt.device import pick_device
-from nmt.errors import ConfigError, Interrupted, UsageError
+from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import make_validator
 from nmt.model.seq2seq import build_model, count_parameters
 from nmt.training import checkpoint, distributed
@@ -114,6 +114,9 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
                       cfg.train, run_dir, saved, device, d)
     if resume:
         state = checkpoint.load(run_dir / "last.pt")
+        if "resume" not in state:
+            raise CheckpointError(f"{run_dir / 'last.pt'}: written by an older nmt; it "
+                                  "translates, but its training cannot be resumed")
         model.load_state_dict(state["model"])
         trainer.load_resume_state(state["resume"])
         if d.main:

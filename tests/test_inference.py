@@ -51,6 +51,23 @@ def test_int8_translates_about_as_well(translator, trained_run, sources):
                - sacrebleu.corpus_bleu(fp32, [refs]).score) < 2
 
 
+def test_version_1_checkpoints_still_translate(trained_run, tmp_path, sources):
+    """Version 1 stored the recurrent weights transposed; such checkpoints load, translate the
+    same, and say that they cannot be resumed."""
+    from nmt.training import checkpoint
+
+    data = checkpoint.load(trained_run / "last.pt")
+    assert "resume" in data
+    data["model"] = {k: v.t().contiguous() if k.startswith("decoder.recurrent.") else v
+                     for k, v in data["model"].items()}
+    torch.save({**data, "version": 1}, tmp_path / "v1.pt")
+    old = load_translator(tmp_path / "v1.pt")
+    new = load_translator(trained_run / "last.pt")
+    assert ([t.text for t in old.translate(sources[:20])]
+            == [t.text for t in new.translate(sources[:20])])
+    assert "resume" not in checkpoint.load(tmp_path / "v1.pt")
+
+
 def test_beam_one_equals_greedy(translator, sources):
     from nmt.inference.search import beam_search, greedy
 

@@ -75,7 +75,7 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
 @step_loop()
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
-                keep_attention: bool = False, early_stop: bool = True) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, early_stop: bool = False) -> list[list[Hypothesis]]:
     """Beam search; returns the `n_best` hypotheses of each sentence, best first, scored by
     log-probability / length_penalty.
 

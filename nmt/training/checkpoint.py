@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ def load(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({detail})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nmt checkpoint")
+    if data.get("version") == 1 and isinstance(data.get("model"), dict):
+        data = _from_version_1(data)
     if data.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {data.get('version')} is not "
                               f"supported (this nmt reads version {CHECKPOINT_VERSION})")
@@ -88,6 +91,22 @@ def load(path: Path | str) -> dict[str, Any]:
         if key not in data:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
     return data
+
+
+_V1_SCORE = re.compile(r"^decoder\.attention\.(key_layer|query_layer|v)\.")
+
+
+def _from_version_1(data: dict) -> dict:
+    """Version 1 stored the decoder's recurrent weights as (in, 4H), version 2 as (4H, in), and
+    early version-1 checkpoints kept the additive score's layers in the attention module. The
+    weights are converted; the optimizer state is dropped, so the run cannot be resumed."""
+    model = {}
+    for k, v in data["model"].items():
+        if k.startswith("decoder.recurrent."):
+            v = v.t().contiguous()
+        model[_V1_SCORE.sub(r"decoder.attention.score.\1.", k)] = v
+    return {**{k: v for k, v in data.items() if k != "resume"}, "model": model,
+            "version": CHECKPOINT_VERSION}
 
 
 def set_best(run_dir: Path, target: Path) -> None:
