@@ -66,6 +66,12 @@ def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,
     return build_model(cfg, vocab, vocab)
 
 
+def variant_model(kind: str, **kw):
+    """small_model of an attention type, or of "coverage" (global attention with coverage)."""
+    coverage = kind == "coverage"
+    return small_model(kind="global" if coverage else kind, coverage=coverage, window=2, **kw)
+
+
 def padded_batch():
     """Three padded source sentences of lengths 7, 4 and 2."""
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.model.seq2seq import build_model
 
-from conftest import padded_batch, small_model
+from conftest import padded_batch, small_model, variant_model
 
 
 @pytest.mark.parametrize("score", ["additive", "dot", "general"])
@@ -54,9 +54,7 @@ def test_padding_does_not_change_states_or_loss(layers):
 def test_step_loop_matches_teacher_forcing(kind, wiring):
     """Search's path (embed one token, step) gives the same states as training's forward."""
     torch.manual_seed(3)
-    coverage = kind == "coverage"
-    model = small_model(dec_layers=2, kind="global" if coverage else kind, wiring=wiring,
-                        window=2, coverage=coverage).eval()
+    model = variant_model(kind, dec_layers=2, wiring=wiring).eval()
     src, lengths = padded_batch()
     tgt_in = torch.randint(4, 30, (3, 6))
     att, weights = model(src, lengths, tgt_in)
@@ -73,9 +71,7 @@ def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
     """Training's forward computes weight gradients once over all steps; they equal the
     gradients of the plain step loop, whose products autograd differentiates step by step."""
     torch.manual_seed(4)
-    coverage = kind == "coverage"
-    model = small_model(dec_layers=2, kind="global" if coverage else kind, wiring=wiring,
-                        window=2, coverage=coverage).eval()
+    model = variant_model(kind, dec_layers=2, wiring=wiring).eval()
     src, lengths = padded_batch()
     tgt_in = torch.randint(4, 30, (3, 6))
     tgt_out = torch.randint(4, 30, (3, 6))
