@@ -6,7 +6,7 @@ x_t^T g_t into W's gradient. Thin products are slow on a CPU, because every call
 re-packs all of W for only B rows. Inside `step_loop()`, `linear` instead
 
   * packs W once per loop for oneDNN (and W^T once per backward pass), so each step's product
-    reads the packed copy: 2-3x faster for B of 10-50 rows here;
+    reads the packed copy: up to 3x faster for B of 10-25 rows here, less for wider B;
   * records each step's x_t and output gradient g_t during the backward pass and computes W's
     gradient as one product over all T * B rows,
 
@@ -103,12 +103,9 @@ class _Record:
     def __init__(self, weight: torch.Tensor, x: torch.Tensor, int8: bool) -> None:
         self.rows = max(1, x.numel() // x.size(-1))
         self.packed: _Packed | _PackedInt8 | None = None
-        if not _packable(x, weight):
-            pass
-        elif torch.is_grad_enabled():
-            self.packed = _Packed(weight.detach(), self.rows)
-        else:
-            self.packed = _inference_pack(weight, self.rows, int8)
+        if _packable(x, weight):
+            self.packed = (_Packed(weight.detach(), self.rows) if torch.is_grad_enabled()
+                           else _inference_pack(weight, self.rows, int8))
         self.packed_t: _Packed | None = None  # W^T, for the input gradients
         self.inputs: list[torch.Tensor] = []  # each (N_t, D)
         self.grads: list[torch.Tensor] = []  # each (N_t, O)
