@@ -15,7 +15,8 @@ re-packs all of W for only B rows. Inside `step_loop()`, `linear` instead
     the same sum, up to floating-point rounding. The input gradients g_t W stay per step, as
     the recurrence needs them.
 
-Outside the block, on other devices or dtypes, `linear` is `F.linear`.
+Outside the block, and inside it for anything but fp32 on a CPU (CUDA, autocast), `linear` is
+`F.linear`.
 
 `step_loop(int8=True)`, for inference on a CPU only, packs the weights as 8-bit integers instead,
 one scale per output row, and each product quantizes its input on the fly (torch's dynamic
@@ -40,9 +41,14 @@ import torch.nn.functional as F
 MIN_PACKED = 64  # pack weights whose both dimensions are at least this
 
 
-def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _handled(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Plain fp32 products on a CPU; anything else (CUDA, autocast, other dtypes) is F.linear."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and min(weight.shape) >= MIN_PACKED and torch.backends.mkldnn.is_available())
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _packable(weight: torch.Tensor) -> bool:
+    return min(weight.shape) >= MIN_PACKED and torch.backends.mkldnn.is_available()
 
 
 class _Packed:
@@ -103,7 +109,7 @@ class _Record:
     def __init__(self, weight: torch.Tensor, x: torch.Tensor, int8: bool) -> None:
         self.rows = max(1, x.numel() // x.size(-1))
         self.packed: _Packed | _PackedInt8 | None = None
-        if _packable(x, weight):
+        if _packable(weight):
             self.packed = (_Packed(weight.detach(), self.rows) if torch.is_grad_enabled()
                            else _inference_pack(weight, self.rows, int8))
         self.packed_t: _Packed | None = None  # W^T, for the input gradients
@@ -176,7 +182,7 @@ def step_loop(int8: bool | None = None) -> Iterator[None]:
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
     loop = _LOOP.get()
-    if loop is None:
+    if loop is None or not _handled(x, weight):
         return F.linear(x, weight)
     record = loop.records.get(id(weight))
     if record is None:
