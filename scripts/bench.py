@@ -146,8 +146,7 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
 
 def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sentences: int,
                     beam: int, repeats: int, int8: bool = False) -> dict:
-    sources = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()[:sentences]
-    refs = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()[:sentences]
+    sources, refs = test_pairs(prepared, sentences, cfg.data.max_pieces)
     translator = Translator(model.eval(), prepared.tokenizer(), replace(cfg.decode, int8=int8),
                             4 * cfg.data.max_pieces)
     peak_rss_reset()
@@ -165,15 +164,26 @@ def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sen
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
 
 
-def export_pieces(prepared: Prepared, folder: Path, sentences: int) -> None:
-    """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers."""
+def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> tuple[list, list]:
+    """The first `sentences` test pairs whose source fits every toolkit: fewer than
+    `max_pieces` pieces, so that with its end-of-sentence token it fits fairseq's positions."""
+    src = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()
+    ref = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()
+    fits = [len(p) < max_pieces for p in prepared.tokenizer().src.encode(src)]
+    pairs = [(s, r) for s, r, ok in zip(src, ref, fits) if ok][:sentences]
+    return [s for s, _ in pairs], [r for _, r in pairs]
+
+
+def export_pieces(prepared: Prepared, folder: Path, sentences: int, max_pieces: int) -> None:
+    """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers; the test
+    split is `test_pairs`."""
     tok = prepared.tokenizer()
     folder.mkdir(parents=True, exist_ok=True)
+    test = test_pairs(prepared, sentences, max_pieces)
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
-        for lang, sp in (("en", tok.src), ("pt", tok.tgt)):
-            lines = prepared.text(split, lang).read_text(encoding="utf-8").splitlines()
-            if split == "test":
-                lines = lines[:sentences]
+        for i, (lang, sp) in enumerate((("en", tok.src), ("pt", tok.tgt))):
+            lines = (test[i] if split == "test"
+                     else prepared.text(split, lang).read_text(encoding="utf-8").splitlines())
             pieces = sp.encode(lines, out_type=str)
             (folder / f"{name}.{lang}").write_text(
                 "".join(" ".join(p) + "\n" for p in pieces), encoding="utf-8")
@@ -195,7 +205,7 @@ def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
     hyps_pieces = (out / "test.hyp.pt").read_text(encoding="utf-8").splitlines()
     tok = prepared.tokenizer()
     hyps = [tok.tgt.decode_pieces(line.split()) for line in hyps_pieces]
-    refs = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()[:sentences]
+    refs = test_pairs(prepared, sentences, max_pieces)[1]
     seconds = translate_seconds(kind, out / "translate.out")
     return {"kind": kind, "tgt_tokens_per_s": float(median.group(1)) if median else None,
             "translate_seconds": seconds,
@@ -304,7 +314,7 @@ def main() -> None:
     result["peers"] = []
     if args.peer:
         data = args.out.parent / "pieces"
-        export_pieces(prepared, data, args.sentences)
+        export_pieces(prepared, data, args.sentences, cfg.data.max_pieces)
         for kind in args.peer:
             log.info("peer %s: %d updates and translation ...", kind,
                      args.warmup + args.updates)
