@@ -5,19 +5,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nmt.model.deferred import linear, step_loop
+from nmt.model.deferred import keep_packs, linear, step_loop
 
 
 def test_packed_products_equal_plain_ones_and_follow_weight_updates():
     torch.manual_seed(6)
     weight = torch.nn.Parameter(torch.randn(96, 80))
     x = torch.randn(5, 80)
-    with torch.no_grad(), step_loop():
-        assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+    # fused Adam updates the weight in place without bumping its version counter
+    adam = torch.optim.Adam([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones_like(weight)
+    for update in (lambda: None, adam.step, lambda: weight.data.mul_(2)):
+        update()
+        with torch.no_grad(), step_loop():
+            assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+
+
+def test_keep_packs_reuses_one_pack_until_the_block_ends():
+    torch.manual_seed(9)
+    weight = torch.nn.Parameter(torch.randn(96, 80))
+    x = torch.randn(5, 80)
     with torch.no_grad():
-        weight.mul_(2)  # a new version: the kept pack must not be reused
-    with torch.no_grad(), step_loop():
-        assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+        with keep_packs():
+            with step_loop():
+                first = linear(x, weight)
+            weight.mul_(2)  # not allowed inside the block: shows that the pack is reused
+            with keep_packs(), step_loop():  # nested blocks share the outer packs
+                assert torch.equal(linear(x, weight), first)
+        with step_loop():
+            assert torch.allclose(linear(x, weight), 2 * first, atol=1e-4)
 
 
 def test_int8_products_are_close_to_fp32_ones():

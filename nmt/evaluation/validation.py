@@ -13,6 +13,7 @@ from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared
 from nmt.evaluation.metrics import corpus_scores
 from nmt.inference.translator import Translator
+from nmt.model.deferred import keep_packs
 from nmt.model.seq2seq import Seq2Seq
 from nmt.training.trainer import Validation
 
@@ -35,12 +36,12 @@ def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
     def validate() -> Validation:
         model.eval()
         total, tokens = 0.0, 0
-        with torch.inference_mode():
+        with keep_packs(), torch.inference_mode():  # one packing of the weights per validation
             for index in batches:
                 b = collate(valid, index).to(device)
                 loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
                 total, tokens = total + loss.item(), tokens + n
-        hyps = [t.text for t in translator.translate(sources, beam=1)]
+            hyps = [t.text for t in translator.translate(sources, beam=1)]
         bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
         log.debug("validation scores: %s [%s]; %s [%s]", bleu.text, bleu.signature, chrf.text,
                   chrf.signature)

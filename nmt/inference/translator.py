@@ -18,7 +18,7 @@ from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError
 from nmt.inference.search import Hypothesis, beam_search, greedy
-from nmt.model.deferred import step_loop
+from nmt.model.deferred import keep_packs, step_loop
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.training import checkpoint
 
@@ -79,17 +79,18 @@ class Translator:
                 results[i] = Translation(s, "", 0.0, [Hypothesis([], 0.0)], [])
         todo = [i for i in np.argsort([-len(x) for x in ids], kind="stable") if ids[i]]
         size = self.decode.batch_size
-        for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
-                          disable=None if progress else True, leave=False):
-            chunk = todo[start:start + size]
-            hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
-            for i, nbest in zip(chunk, hyps):
-                for h in nbest:
-                    if h.attention is not None:
-                        h.attention = h.attention[:, :len(ids[i])]  # drop batch padding
-                text = self.tokenizer.decode_tgt([nbest[0].tokens])[0]
-                pieces = self.tokenizer.src.id_to_piece(ids[i]) if keep_attention else []
-                results[i] = Translation(sources[i], text, nbest[0].score, nbest, pieces)
+        with keep_packs():  # packed once for all batches: the weights do not change here
+            for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
+                              disable=None if progress else True, leave=False):
+                chunk = todo[start:start + size]
+                hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
+                for i, nbest in zip(chunk, hyps):
+                    for h in nbest:
+                        if h.attention is not None:
+                            h.attention = h.attention[:, :len(ids[i])]  # drop batch padding
+                    text = self.tokenizer.decode_tgt([nbest[0].tokens])[0]
+                    pieces = self.tokenizer.src.id_to_piece(ids[i]) if keep_attention else []
+                    results[i] = Translation(sources[i], text, nbest[0].score, nbest, pieces)
         return results  # type: ignore[return-value]
 
     def _search(self, sources: list[list[int]], beam: int, n_best: int, keep_attention: bool,

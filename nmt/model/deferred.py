@@ -22,6 +22,11 @@ Outside the block, and inside it for anything but fp32 on a CPU (CUDA, autocast)
 one scale per output row, and each product quantizes its input on the fly (torch's dynamic
 quantization, fbgemm): faster products, slightly different results.
 
+Without gradients, each loop packs its weights once; inside `keep_packs()`, every loop of the
+block reuses the same packs, so the weights must not change there (a translation, a validation).
+Packs cannot follow weight updates by themselves: fused optimizers update parameters in place
+without bumping their version counter.
+
 How: the first use of a weight in the block passes it through `_Root`, an identity whose backward
 runs only after every step that used it (they all depend on it), and so is the one place that
 sees all the recorded pairs and returns the weight's whole gradient, once.
@@ -30,7 +35,6 @@ sees all the recorded pairs and returns the weight's whole gradient, once.
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -82,17 +86,29 @@ class _PackedInt8:
         return torch.ops.quantized.linear_dynamic(x.contiguous(), self.weight, True)
 
 
-_INFERENCE_PACKS: dict[tuple[int, bool], tuple[weakref.ref, int, object]] = {}
+_KEPT: ContextVar[dict | None] = ContextVar("keep_packs", default=None)
+
+
+@contextmanager
+def keep_packs() -> Iterator[None]:
+    """Inference packs made in the block are reused by every later loop in it; the weights must
+    not change until it ends. Nested blocks share the outermost one's packs."""
+    token = _KEPT.set({}) if _KEPT.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _KEPT.reset(token)
 
 
 def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _PackedInt8:
-    """Inference packs are kept between loops while the weight lives and is not modified."""
+    kept = _KEPT.get()
     key = (id(weight), int8)
-    kept = _INFERENCE_PACKS.get(key)
-    if kept is not None and kept[0]() is weight and kept[1] == weight._version:
-        return kept[2]  # type: ignore[return-value]
+    if kept is not None and key in kept and kept[key][0] is weight:
+        return kept[key][1]
     packed = _PackedInt8(weight.detach()) if int8 else _Packed(weight.detach(), rows)
-    _INFERENCE_PACKS[key] = (weakref.ref(weight), weight._version, packed)
+    if kept is not None:
+        kept[key] = (weight, packed)
     return packed
 
 
