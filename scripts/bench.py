@@ -47,6 +47,7 @@ from nmt.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "bench"
+Pairs = tuple[list[str], list[str]]  # test sources, references
 log = logging.getLogger("bench")
 
 
@@ -144,9 +145,9 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
     return result, model
 
 
-def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sentences: int,
+def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, test: Pairs,
                     beam: int, repeats: int, int8: bool = False) -> dict:
-    sources, refs = test_pairs(prepared, sentences, cfg.data.max_pieces)
+    sources, refs = test
     translator = Translator(model.eval(), prepared.tokenizer(), replace(cfg.decode, int8=int8),
                             4 * cfg.data.max_pieces)
     peak_rss_reset()
@@ -164,7 +165,7 @@ def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, sen
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
 
 
-def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> tuple[list, list]:
+def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> Pairs:
     """The first `sentences` test pairs whose source fits every toolkit: fewer than
     `max_pieces` pieces, so that with its end-of-sentence token it fits fairseq's positions."""
     src = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()
@@ -174,12 +175,11 @@ def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> tuple[lis
     return [s for s, _ in pairs], [r for _, r in pairs]
 
 
-def export_pieces(prepared: Prepared, folder: Path, sentences: int, max_pieces: int) -> None:
+def export_pieces(prepared: Prepared, folder: Path, test: Pairs) -> None:
     """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers; the test
-    split is `test_pairs`."""
+    split is `test` (`test_pairs`)."""
     tok = prepared.tokenizer()
     folder.mkdir(parents=True, exist_ok=True)
-    test = test_pairs(prepared, sentences, max_pieces)
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
         for i, (lang, sp) in enumerate((("en", tok.src), ("pt", tok.tgt))):
             lines = (test[i] if split == "test"
@@ -189,8 +189,8 @@ def export_pieces(prepared: Prepared, folder: Path, sentences: int, max_pieces: 
                 "".join(" ".join(p) + "\n" for p in pieces), encoding="utf-8")
 
 
-def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
-             sentences: int, max_pieces: int) -> dict:
+def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared, test: Pairs,
+             max_pieces: int) -> dict:
     env = {**os.environ, "BATCH": "64", "VOC": "32000", "LOG_FREQ": "25", "BEAM": "5",
            "MAXLEN": str(max_pieces)}  # the same length filter as ours
     start = time.perf_counter()
@@ -205,11 +205,11 @@ def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
     hyps_pieces = (out / "test.hyp.pt").read_text(encoding="utf-8").splitlines()
     tok = prepared.tokenizer()
     hyps = [tok.tgt.decode_pieces(line.split()) for line in hyps_pieces]
-    refs = test_pairs(prepared, sentences, max_pieces)[1]
+    refs = test[1]
     seconds = translate_seconds(kind, out / "translate.out")
     return {"kind": kind, "tgt_tokens_per_s": float(median.group(1)) if median else None,
             "translate_seconds": seconds,
-            "beam5_sentences_per_s": sentences / seconds if seconds else None,
+            "beam5_sentences_per_s": len(refs) / seconds if seconds else None,
             "mean_output_pieces": sum(len(h.split()) + 1 for h in hyps_pieces)
             / max(1, len(hyps_pieces)),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score if len(hyps) == len(refs)
@@ -298,30 +298,30 @@ def main() -> None:
     log.info("data preparation ...")
     result["prepare_pairs_per_s"] = prepare_speed(cfg)
     prepared = prepare(cfg.data, progress=False)
+    test = test_pairs(prepared, args.sentences, cfg.data.max_pieces)
     log.info("training %d + %d updates ...", args.warmup, args.updates)
     result["train"], model = train_speed(cfg, prepared, args.warmup, args.updates, args.windows)
     for name, beam, int8 in (("greedy", 1, False), ("beam5", 5, False), ("beam5_int8", 5, True)):
         log.info("translating %d sentences, beam %d%s ...", args.sentences, beam,
                  ", int8" if int8 else "")
-        result[name] = translate_speed(model, cfg, prepared, args.sentences, beam, args.repeats,
-                                       int8)
+        result[name] = translate_speed(model, cfg, prepared, test, beam, args.repeats, int8)
     if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
         general = load_config(args.config, ["model.attention.score=general"])
         log.info("training with the general score, as fairseq's lstm ...")
         trained, model = train_speed(general, prepared, args.warmup, args.updates, args.windows)
         result["general"] = {"train": trained, "beam5": translate_speed(
-            model, general, prepared, args.sentences, 5, args.repeats)}
+            model, general, prepared, test, 5, args.repeats)}
     result["peers"] = []
     if args.peer:
         data = args.out.parent / "pieces"
-        export_pieces(prepared, data, args.sentences, cfg.data.max_pieces)
+        export_pieces(prepared, data, test)
         for kind in args.peer:
             log.info("peer %s: %d updates and translation ...", kind,
                      args.warmup + args.updates)
             try:
                 result["peers"].append(run_peer(kind, data, args.out.parent / kind,
                                                 args.warmup + args.updates, prepared,
-                                                args.sentences, cfg.data.max_pieces))
+                                                test, cfg.data.max_pieces))
             except RuntimeError as err:  # the other figures still count
                 log.error("%s", err)
     args.out.parent.mkdir(parents=True, exist_ok=True)
