@@ -64,7 +64,8 @@ class Memory:
 
     def lengths(self) -> torch.Tensor:
         """(B,) number of real source tokens of each query row."""
-        return self.row_mask().sum(dim=1)
+        lengths = self.mask.sum(dim=1)  # (N,)
+        return lengths if self.group == 1 else lengths.repeat_interleave(self.group)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -103,8 +103,8 @@ def keep_packs() -> Iterator[None]:
 
 def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _PackedInt8:
     kept = _KEPT.get()
-    key = (id(weight), int8)
-    if kept is not None and key in kept and kept[key][0] is weight:
+    key = (id(weight), int8)  # the block holds the weight, so its id stays its own
+    if kept is not None and key in kept:
         return kept[key][1]
     packed = _PackedInt8(weight.detach()) if int8 else _Packed(weight.detach(), rows)
     if kept is not None:
