@@ -37,6 +37,7 @@ import sacrebleu
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nmt import kernels
 from nmt.config import Config, load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
@@ -235,7 +236,8 @@ def translate_seconds(kind: str, path: Path) -> float | None:
 def table(r: dict) -> str:
     t, g, b = r["train"], r["greedy"], r["beam5"]
     lines = [
-        f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s",
+        f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s, "
+        f"fused CPU kernels {'on' if r['fused_kernels'] else 'off'}",
         f"data preparation: {r['prepare_pairs_per_s']:,.0f} pairs/s",
         f"training ({t['parameters']:,} parameters, {t['sentences_per_batch']:.1f} sentences "
         f"per batch): {t['tgt_tokens_per_s']:,.0f} tgt tok/s, {t['src_tgt_tokens_per_s']:,.0f} "
@@ -292,7 +294,7 @@ def main() -> None:
     cfg = load_config(args.config)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     result: dict = {"config": str(args.config), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__}
+                    "torch": torch.__version__, "fused_kernels": kernels.load() is not None}
     log.info("matmul peak ...")
     result["matmul_gflops"] = matmul_peak()
     log.info("data preparation ...")

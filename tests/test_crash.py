@@ -80,7 +80,7 @@ def test_second_ctrl_c_quits_at_once_and_corrupts_nothing(tmp_path):
 
 def test_writes_only_where_it_is_told(tmp_path):
     """Training, translating and scoring write under --runs-dir and data.prepared_dir only:
-    not in the working directory, not in HOME."""
+    not in the working directory, and in HOME nothing but the compiled CPU kernels' cache."""
     import os
 
     cwd, home = tmp_path / "cwd", tmp_path / "home"
@@ -94,5 +94,7 @@ def test_writes_only_where_it_is_told(tmp_path):
                  ["eval", "--checkpoint", str(run)]):
         subprocess.run([sys.executable, "-m", "nmt", *args], cwd=cwd, env=env, check=True,
                        capture_output=True)
-    assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
+    assert list(cwd.iterdir()) == []
+    written = [p.relative_to(home) for p in home.rglob("*") if p.is_file()]
+    assert all(p.match(".cache/nmt/kernels/kernels-*.so") for p in written), written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "home", "prepared", "runs"]

@@ -1,0 +1,181 @@
+"""Fused CPU kernels (`kernels.c`), built with the system C compiler on first use.
+
+    if kernels.usable(proj, q):
+        scores = kernels.additive_score(proj, q, v)      # (N, G, S), differentiable
+    if kernels.usable(gates, c):
+        h, c = kernels.lstm_cell(gates, c)                # (B, H) each, differentiable
+
+The library is compiled once per machine into the cache directory (`$NMT_CACHE_DIR`, else
+`$XDG_CACHE_HOME/nmt` or `~/.cache/nmt`), for this CPU (`-march=native`), and loaded with
+ctypes. Without a C compiler, or with `NMT_KERNELS=0`, `usable` is False and callers use their
+plain PyTorch formula, which computes the same values (tests hold the two to float32 rounding).
+The kernels take float32 tensors on the CPU only; CUDA and autocast keep the plain formula.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-shared", "-fPIC"]
+OPENMP = ["-fopenmp"]  # tried first; compilers without OpenMP build a one-thread library
+
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "additive_score_forward": [_P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
+    "additive_score_backward": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
+    "lstm_cell_forward": [_P, _P, _P, _P, _P, _I, _I, ctypes.c_int],
+    "lstm_cell_backward": [_P, _P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_int],
+}
+
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    if os.environ.get("NMT_CACHE_DIR"):
+        return Path(os.environ["NMT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nmt"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and feature flags, where Linux says."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    keep = [line for line in lines if line.startswith(("model name", "flags"))]
+    return "\n".join(keep[:2])
+
+
+def _build(compiler: str, target: Path) -> bool:
+    """Compiles the library to `target` (atomically: concurrent builds are harmless)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for extra in (OPENMP, []):
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [compiler, *FLAGS, *extra, "-o", tmp, str(SOURCE)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(tmp, target)
+                return True
+            log.debug("%s failed: %s", " ".join(cmd), result.stderr.strip())
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return False
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, building it if needed; None where it cannot be built."""
+    global _library, _tried
+    if _tried:
+        return _library
+    _tried = True
+    if os.environ.get("NMT_KERNELS", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found: fused CPU kernels are off, training is slower")
+        return None
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, compiler, _cpu_id()])
+                         .encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"kernels-{key}.so"
+    try:
+        if not target.exists() and not _build(compiler, target):
+            log.warning("could not compile %s: fused CPU kernels are off, training is slower",
+                        SOURCE)
+            return None
+        library = ctypes.CDLL(str(target))
+    except OSError as e:
+        log.warning("fused CPU kernels are off, training is slower: %s", e)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        getattr(library, name).argtypes = argtypes
+        getattr(library, name).restype = None
+    log.debug("fused CPU kernels: %s", target)
+    _library = library
+    return _library
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True where the kernels apply: float32 CPU tensors, no autocast, library built."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu") and load() is not None)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+class _AdditiveScore(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        proj, q, v = proj.contiguous(), q.contiguous(), v.contiguous()
+        (n, s, a), g = proj.shape, q.size(1)
+        score = proj.new_empty(n, g, s)  # (N, G, S)
+        load().additive_score_forward(_ptr(proj), _ptr(q), _ptr(v), _ptr(score), n, g, s, a,
+                                      torch.get_num_threads())
+        ctx.save_for_backward(proj, q, v)
+        return score
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dscore: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        proj, q, v = ctx.saved_tensors
+        dscore = dscore.contiguous()
+        (n, s, a), g = proj.shape, q.size(1)
+        threads = torch.get_num_threads()
+        dproj, dq, dv_parts = torch.empty_like(proj), torch.empty_like(q), v.new_empty(threads, a)
+        load().additive_score_backward(_ptr(proj), _ptr(q), _ptr(v), _ptr(dscore), _ptr(dproj),
+                                       _ptr(dq), _ptr(dv_parts), n, g, s, a, threads)
+        return dproj, dq, dv_parts.sum(0)
+
+
+def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """proj (N, S, A), q (N, G, A), v (A,) -> (N, G, S) scores
+    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three."""
+    return _AdditiveScore.apply(proj, q, v)
+
+
+class _LSTMCell(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gates, c = gates.contiguous(), c.contiguous()
+        b, h = c.shape
+        h_new, c_new, act = c.new_empty(b, h), c.new_empty(b, h), gates.new_empty(b, 4 * h)
+        load().lstm_cell_forward(_ptr(gates), _ptr(c), _ptr(h_new), _ptr(c_new), _ptr(act),
+                                 b, h, torch.get_num_threads())
+        ctx.save_for_backward(act, c, c_new)
+        return h_new, c_new
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh: torch.Tensor, dc_new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        act, c, c_new = ctx.saved_tensors
+        dh, dc_new = dh.contiguous(), dc_new.contiguous()
+        b, h = c.shape
+        dgates, dc = act.new_empty(b, 4 * h), c.new_empty(b, h)
+        load().lstm_cell_backward(_ptr(act), _ptr(c), _ptr(c_new), _ptr(dh), _ptr(dc_new),
+                                  _ptr(dgates), _ptr(dc), b, h, torch.get_num_threads())
+        return dgates, dc
+
+
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
+    c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); differentiable."""
+    return _LSTMCell.apply(gates, c)

@@ -1,0 +1,124 @@
+"""`nmt.kernels`: the fused CPU kernels against the plain PyTorch formulas they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmt import kernels
+
+from conftest import padded_batch, small_model
+
+
+def _formula(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The additive score in float64: 2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a])."""
+    return 2 * (torch.sigmoid(proj.unsqueeze(1) + q.unsqueeze(2)) @ v)  # (N, G, S)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("n,g,s,a", [(3, 1, 5, 16), (2, 5, 7, 13), (1, 1, 1, 8), (4, 2, 3, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_additive_score_and_gradients_equal_the_formula(n, g, s, a, threads):
+    """Forward and all three gradients, for groups of queries, feature counts that are not a
+    multiple of the vector width, and z from -60 to 60, where sigmoid saturates."""
+    assert kernels.load() is not None, "the C compiler could not build nmt/kernels/kernels.c"
+    torch.set_num_threads(threads)
+    torch.manual_seed(n * 100 + g * 10 + a)
+    proj, q = torch.randn(n, s, a) * 20, torch.randn(n, g, a) * 20
+    v = torch.randn(a)
+    leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
+    exact = [t.double().requires_grad_() for t in (proj, q, v)]
+    dscore = torch.randn(n, g, s)
+    fused = kernels.additive_score(*leaves)
+    fused.backward(dscore)
+    reference = _formula(*exact)
+    reference.backward(dscore.double())
+    assert fused.shape == (n, g, s)
+    assert _rel(fused.detach(), reference.detach()) < 1e-6
+    for leaf, ref in zip(leaves, exact):
+        assert _rel(leaf.grad, ref.grad) < 1e-5
+
+
+def test_additive_score_is_finite_and_exact_at_the_extremes():
+    """exp is clamped: z of +-1e4 gives sigmoid 1 and 0, never inf or NaN."""
+    proj = torch.tensor([[[1e4, -1e4, 88.5, -88.5, 0.0, 30.0, -30.0, 1e-3]]])  # (1, 1, 8)
+    q, v = torch.zeros(1, 1, 8), torch.ones(8)
+    score = kernels.additive_score(proj, q, v)
+    assert torch.allclose(score.double(), _formula(proj.double(), q.double(), v.double()),
+                          rtol=1e-6)
+
+
+def test_additive_score_gradients_are_the_same_every_run():
+    """Threads add their shares of dv in a fixed order: runs agree bit for bit."""
+    torch.set_num_threads(2)
+    torch.manual_seed(3)
+    proj, q, v = torch.randn(8, 9, 40), torch.randn(8, 3, 40), torch.randn(40)
+    grads = []
+    for _ in range(3):
+        leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
+        kernels.additive_score(*leaves).sum().backward()
+        grads.append([t.grad for t in leaves])
+    assert all(torch.equal(x, y) for later in grads[1:] for x, y in zip(grads[0], later))
+
+
+def _cell_formula(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@pytest.mark.parametrize("b,h", [(5, 16), (3, 13), (1, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_cell_and_gradients_equal_the_formula(b, h, threads):
+    torch.set_num_threads(threads)
+    torch.manual_seed(b * 10 + h)
+    gates, c = torch.randn(b, 4 * h) * 4, torch.randn(b, h) * 2
+    gates[0, :4] = torch.tensor([40.0, -40.0, 1e4, -1e4][: min(4, 4 * h)])  # saturated gates
+    leaves = [t.clone().requires_grad_() for t in (gates, c)]
+    exact = [t.double().requires_grad_() for t in (gates, c)]
+    dh, dc = torch.randn(b, h), torch.randn(b, h)
+    fused = kernels.lstm_cell(*leaves)
+    torch.autograd.backward(fused, (dh, dc))
+    reference = _cell_formula(*exact)
+    torch.autograd.backward(reference, (dh.double(), dc.double()))
+    for f, r in zip(fused, reference):
+        assert (f.double() - r).abs().max() < 1e-6
+    for leaf, ref in zip(leaves, exact):
+        assert (leaf.grad.double() - ref.grad).abs().max() < 1e-5 * (1 + ref.grad.abs().max())
+
+
+@pytest.mark.parametrize("wiring,layers", [("luong", 1), ("bahdanau", 2)])
+def test_model_with_the_kernels_equals_the_plain_model(monkeypatch, wiring, layers):
+    """A model's loss and every gradient agree with and without the kernels."""
+    src, lengths = padded_batch()
+    tgt_in, tgt_out = torch.randint(4, 30, (3, 6)), torch.randint(4, 30, (3, 6))
+
+    def run(use_kernel: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(kernels, "usable", lambda *tensors: use_kernel)
+        torch.manual_seed(4)
+        model = small_model("additive", wiring=wiring, dec_layers=layers)
+        loss, _ = model.loss(src, lengths, tgt_in, tgt_out)
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters()]
+
+    fused, plain = run(True), run(False)
+    assert torch.allclose(fused[0], plain[0], rtol=1e-6)
+    for f, p in zip(fused[1:], plain[1:]):
+        assert torch.allclose(f, p, rtol=1e-4, atol=1e-6)
+
+
+def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert kernels.load() is None
+    assert "fused CPU kernels are off" in caplog.text
+    assert not kernels.usable(torch.zeros(1))
+    model = small_model("additive")
+    src, lengths = padded_batch()
+    loss, _ = model.loss(src, lengths, torch.randint(4, 30, (3, 5)), torch.randint(4, 30, (3, 5)))
+    assert torch.isfinite(loss)
