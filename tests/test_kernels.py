@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nmt import kernels
 
@@ -90,6 +91,54 @@ def test_lstm_cell_and_gradients_equal_the_formula(b, h, threads):
         assert (leaf.grad.double() - ref.grad).abs().max() < 1e-5 * (1 + ref.grad.abs().max())
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("n,v", [(7, 50), (3, 13), (1, 1)])
+def test_cross_entropy_and_its_gradient_equal_torch(n, v, eps):
+    torch.manual_seed(n + v)
+    logits, target = torch.randn(n, v) * 10, torch.randint(0, v, (n,))
+    logits[0, 0] = 500.0  # far beyond exp's float range: shifted by the row maximum
+    fused, exact = logits.clone().requires_grad_(), logits.double().requires_grad_()
+    loss = kernels.cross_entropy(fused, target, eps)
+    ref = F.cross_entropy(exact, target, reduction="sum", label_smoothing=eps)
+    (loss * 3).backward()
+    (ref * 3).backward()
+    assert abs(loss.item() - ref.item()) < 1e-5 * (1 + abs(ref.item()))
+    assert (fused.grad.double() - exact.grad).abs().max() < 1e-6
+
+
+def test_cross_entropy_of_no_rows_is_zero_and_bad_targets_are_refused():
+    assert float(kernels.cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))) == 0
+    with pytest.raises(IndexError):
+        kernels.cross_entropy(torch.zeros(2, 5), torch.tensor([1, 5]))
+
+
+def test_dropout_keeps_1_minus_p_independently_and_backward_uses_the_same_mask():
+    torch.set_num_threads(2)
+    torch.manual_seed(5)
+    x = (torch.rand(1000, 1000) + 0.5).requires_grad_()  # no zeros of its own
+    out = kernels.dropout(x, 0.2)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.003  # binomial sd: 0.0004
+    assert torch.allclose(out[kept], x.detach()[kept] / 0.8)
+    pairs = (kept[:, 1:] & kept[:, :-1]).float().mean().item()  # neighbours independent
+    assert abs(pairs - 0.64) < 0.003
+    out.backward(torch.ones_like(out))
+    assert torch.equal(x.grad, kept.float() / 0.8)
+
+
+def test_dropout_masks_follow_torch_seed():
+    x = torch.ones(4096)
+
+    def masks(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        return [kernels.dropout(x, 0.5) != 0 for _ in range(2)]
+
+    first, again, other = masks(1), masks(1), masks(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[0], other[0])
+    assert kernels.dropout(x, 0.0) is x
+
+
 @pytest.mark.parametrize("wiring,layers", [("luong", 1), ("bahdanau", 2)])
 def test_model_with_the_kernels_equals_the_plain_model(monkeypatch, wiring, layers):
     """A model's loss and every gradient agree with and without the kernels."""
@@ -100,7 +149,7 @@ def test_model_with_the_kernels_equals_the_plain_model(monkeypatch, wiring, laye
         monkeypatch.setattr(kernels, "usable", lambda *tensors: use_kernel)
         torch.manual_seed(4)
         model = small_model("additive", wiring=wiring, dec_layers=layers)
-        loss, _ = model.loss(src, lengths, tgt_in, tgt_out)
+        loss, _ = model.loss(src, lengths, tgt_in, tgt_out, label_smoothing=0.1)
         loss.backward()
         return [loss.detach()] + [p.grad for p in model.parameters()]
 

@@ -4,12 +4,18 @@
         scores = kernels.additive_score(proj, q, v)      # (N, G, S), differentiable
     if kernels.usable(gates, c):
         h, c = kernels.lstm_cell(gates, c)                # (B, H) each, differentiable
+    if kernels.usable(logits):
+        loss = kernels.cross_entropy(logits, target, eps) # summed, differentiable
+    if kernels.usable(x):
+        y = kernels.dropout(x, p)                         # training-mode dropout
 
 The library is compiled once per machine into the cache directory (`$NMT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/nmt` or `~/.cache/nmt`), for this CPU (`-march=native`), and loaded with
 ctypes. Without a C compiler, or with `NMT_KERNELS=0`, `usable` is False and callers use their
-plain PyTorch formula, which computes the same values (tests hold the two to float32 rounding).
-The kernels take float32 tensors on the CPU only; CUDA and autocast keep the plain formula.
+plain PyTorch formula, which computes the same values (tests hold the two to float32 rounding),
+except dropout, whose masks come from another generator: a seeded run repeats exactly either
+way, but a run with the kernels and one without draw different masks. The kernels take float32
+tensors on the CPU only; CUDA and autocast keep the plain formulas.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ _SIGNATURES = {
     "additive_score_backward": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_int],
     "lstm_cell_forward": [_P, _P, _P, _P, _P, _I, _I, ctypes.c_int],
     "lstm_cell_backward": [_P, _P, _P, _P, _P, _P, _P, _I, _I, ctypes.c_int],
+    "cross_entropy_forward": [_P, _P, ctypes.c_float, _P, _P, _I, _I, ctypes.c_int],
+    "dropout": [_P, _P, _I, ctypes.c_uint64, ctypes.c_float, ctypes.c_int],
 }
 
 _library: ctypes.CDLL | None = None
@@ -67,7 +75,7 @@ def _build(compiler: str, target: Path) -> bool:
     for extra in (OPENMP, []):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, *FLAGS, *extra, "-o", tmp, str(SOURCE)]
+        cmd = [compiler, *FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
         try:
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode == 0:
@@ -179,3 +187,62 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch
     """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
     c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); differentiable."""
     return _LSTMCell.apply(gates, c)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+        logits, target = logits.contiguous(), target.contiguous()
+        n, v = logits.shape
+        loss, grad = logits.new_empty(n), torch.empty_like(logits)
+        load().cross_entropy_forward(_ptr(logits), _ptr(target), eps, _ptr(loss), _ptr(grad),
+                                     n, v, torch.get_num_threads())
+        ctx.save_for_backward(grad)
+        return loss.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dloss: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(dloss), None, None  # the buffer is this node's alone
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """logits (N, V), target (N,) class ids -> the summed cross-entropy with label smoothing
+    `eps`, as F.cross_entropy(logits, target, reduction="sum", label_smoothing=eps); its
+    gradient is computed in the same pass, so backward runs once per forward."""
+    if target.numel() == 0:
+        return logits.sum()  # 0, as F.cross_entropy's sum over no rows
+    if not 0 <= int(target.min()) <= int(target.max()) < logits.size(1):
+        raise IndexError(f"target out of range for {logits.size(1)} classes")
+    return _CrossEntropy.apply(logits, target, eps)
+
+
+def _dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    load().dropout(_ptr(x), _ptr(out), x.numel(), seed, p, torch.get_num_threads())
+    return out
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.p = p
+        ctx.seed = int(torch.randint(0, 2 ** 62, (1,)))  # from torch's generator: seeded
+        return _dropout(x, p, ctx.seed)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _dropout(grad, ctx.p, ctx.seed), None  # the same mask, rebuilt from the seed
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout: each element zeroed with probability p, the others scaled by
+    1 / (1 - p), as F.dropout; the mask comes from a counter-based generator whose seed is
+    drawn from torch's, so a seeded run repeats exactly (but draws other masks than F.dropout).
+    """
+    if p == 0:
+        return x
+    return _Dropout.apply(x, p)

@@ -16,7 +16,17 @@
  * (B, 4H) in the order i, f, g, o:
  *     c' = sigmoid(f) c + sigmoid(i) tanh(g),    h' = sigmoid(o) tanh(c')
  * one pass forward and one backward, where PyTorch runs some 10 and 15 element-wise operations.
+ *
+ * Cross-entropy with label smoothing eps over V classes, as torch's F.cross_entropy:
+ *     loss = (1 - eps) (-log p_y) + eps mean_v (-log p_v),    p = softmax(logits)
+ * computed together with its gradient p - (1 - eps) onehot(y) - eps / V, which the backward
+ * pass only scales: each row of logits is read once and the gradient written once.
+ *
+ * Dropout with a counter-based generator: element i is kept when the hash of (seed, i) is at
+ * least p 2^32, so the backward pass rebuilds the same mask from the seed instead of storing
+ * it, and no sequential generator state limits the speed.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -153,4 +163,52 @@ void lstm_cell_backward(const float *restrict act, const float *restrict c,
             dc[b * H + j] = dcn * f;
         }
     }
+}
+
+/* logits (N, V), target (N,) -> loss (N,) and grad (N, V), the gradient of each row's loss. */
+void cross_entropy_forward(const float *restrict logits, const int64_t *restrict target,
+                           float eps, float *restrict loss, float *restrict grad, int64_t N,
+                           int64_t V, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = logits + n * V;
+        float *g = grad + n * V;
+        float max = x[0], total = 0.0f, sum = 0.0f;
+        #pragma omp simd reduction(max:max) reduction(+:total)
+        for (int64_t v = 0; v < V; v++) {
+            max = x[v] > max ? x[v] : max;
+            total += x[v];
+        }
+        #pragma omp simd reduction(+:sum)
+        for (int64_t v = 0; v < V; v++) {
+            g[v] = exp_approx(x[v] - max);
+            sum += g[v];
+        }
+        float log_z = max + logf(sum), scale = 1.0f / sum, uniform = eps / (float)V;
+        #pragma omp simd
+        for (int64_t v = 0; v < V; v++) g[v] = g[v] * scale - uniform;
+        int64_t y = target[n];
+        g[y] -= 1.0f - eps;
+        loss[n] = (1.0f - eps) * (log_z - x[y]) + eps * (log_z - total / (float)V);
+    }
+}
+
+/* A 32-bit integer hash with good avalanche (Wellons' lowbias32). */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352dU;
+    x ^= x >> 15;
+    x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+/* out[i] = x[i] / (1 - p) where mix(seed, i) >= p 2^32, else 0 (out may be x). */
+void dropout(const float *x, float *out, int64_t n, uint64_t seed, float p, int threads) {
+    uint32_t k1 = (uint32_t)seed, k2 = (uint32_t)(seed >> 32);
+    uint32_t threshold = (uint32_t)((double)p * 4294967296.0);
+    float scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = mix32(mix32((uint32_t)i ^ k1) + k2) >= threshold ? x[i] * scale : 0.0f;
 }

@@ -35,6 +35,7 @@ from nmt import kernels
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Attention, Memory
 from nmt.model.deferred import linear, step_loop
+from nmt.model.dropout import Dropout
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Decoder(nn.Module):
         self.early = wiring == "bahdanau"  # attend before the LSTM step
         self.input_feeding = input_feeding and not self.early
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         h4 = 4 * hidden_size
         self.input_layer = nn.Linear(emb_size, h4)  # W_x and the gate bias
         context_size = attention.context_size

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt import kernels
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Memory, build_attention
@@ -71,8 +72,11 @@ class Seq2Seq(nn.Module):
         att, _ = self(src, src_len, tgt_in)  # (B, T, H)
         keep = tgt_out != PAD  # (B, T)
         logits = self.generator(att[keep])  # (N, V)
-        loss = F.cross_entropy(logits, tgt_out[keep], reduction="sum",
-                               label_smoothing=label_smoothing)
+        if kernels.usable(logits):  # fused: the gradient comes out of the same pass
+            loss = kernels.cross_entropy(logits, tgt_out[keep], label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, tgt_out[keep], reduction="sum",
+                                   label_smoothing=label_smoothing)
         return loss, int(keep.sum())
 
     def log_probs(self, att: torch.Tensor) -> torch.Tensor:
