@@ -47,7 +47,8 @@ def test_corpus_reader_yields_clean_text_or_a_data_error(content, fmt):
         for text in (src, tgt):
             assert isinstance(text, str) and len(text) <= 200
             assert "\n" not in text and "\t" not in text
-        assert not tgt.endswith("\r")  # line endings go; other whitespace is normalize()'s
+        if content.split(b"\n")[number - 1].count(b"\t") != 2:  # tgt ends the line (not anki)
+            assert not tgt.endswith("\r")  # line endings go; other whitespace is normalize()'s
         assert number > 1 or not src.startswith("\ufeff")
     assert stats.read == len(pairs) + sum(stats.skipped.values())
 
