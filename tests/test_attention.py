@@ -181,7 +181,9 @@ def learn_toy_task(task: str, steps: int = 400, **model) -> tuple[float, float]:
     ("reverse", dict(kind="global", score="additive", wiring="luong")),
     ("reverse", dict(kind="global", score="general", wiring="bahdanau")),
     ("reverse", dict(kind="local-p", score="general", wiring="luong")),
-    ("reverse", dict(kind="hard", score="additive", wiring="luong")),
+    # hard attention's straight-through gradients are noisy: after 400 updates about one seed
+    # in four is still below 95%, after 700 none of the 6 tried
+    ("reverse", dict(kind="hard", score="additive", wiring="luong", steps=700)),
     ("reverse", dict(kind="global", score="additive", wiring="bahdanau", coverage=True)),
     ("copy", dict(kind="local-m", score="additive", wiring="luong")),
 ], ids=["global-luong", "global-bahdanau", "local-p", "hard", "coverage", "local-m-copy"])

@@ -171,3 +171,23 @@ def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, cap
     src, lengths = padded_batch()
     loss, _ = model.loss(src, lengths, torch.randint(4, 30, (3, 5)), torch.randint(4, 30, (3, 5)))
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_loop_equals_packed_lstm(monkeypatch, layers):
+    """The encoder's own step loop gives nn.LSTM's annotations, final states and gradients,
+    padding included (sentences of lengths 7, 4 and 2)."""
+    src, lengths = padded_batch()
+
+    def run(use_kernels: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(kernels, "usable", lambda *tensors: use_kernels)
+        torch.manual_seed(2)
+        encoder = small_model("additive", enc_layers=layers).encoder
+        out, (h, c) = encoder(src, lengths)
+        (out.pow(2).sum() + (h * c).sum()).backward()
+        return [out, h, c] + [p.grad for p in encoder.parameters()]
+
+    loop, packed = run(True), run(False)
+    assert loop[0][2, 2:].abs().max() == 0  # padding annotations are zero
+    for a, b in zip(loop, packed):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
