@@ -105,9 +105,10 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
     batches = token_batches(data.widths, t.batch_tokens, t.seed, 0)
     flops = FlopCounterMode(display=False)
     counted = 0
-    # FlopCounterMode does not know oneDNN's packed products: count the plain path, which
-    # computes the same products
-    with flops, mock.patch("nmt.model.decoder.step_loop", contextlib.nullcontext):
+    # FlopCounterMode sees neither oneDNN's packed products nor the fused kernels: count the
+    # plain path (nn.LSTM, F.linear), which computes the same products
+    with (flops, mock.patch("nmt.model.decoder.step_loop", contextlib.nullcontext),
+          mock.patch("nmt.kernels.usable", lambda *tensors: False)):
         for index in batches[:3]:
             b = collate(data, index)
             loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
