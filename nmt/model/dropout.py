@@ -13,6 +13,6 @@ class Dropout(nn.Dropout):
     """nn.Dropout, drawing its masks with `nmt.kernels.dropout` where the kernels apply."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.p > 0 and kernels.usable(x):
+        if self.training and kernels.usable(x):  # p = 0 returns x unchanged
             return kernels.dropout(x, self.p)
         return F.dropout(x, self.p, self.training)

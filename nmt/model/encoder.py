@@ -66,7 +66,7 @@ class Encoder(nn.Module):
     def _loop(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         reverse = reversal_index(lengths, x.size(1))  # (B, S)
-        last = (lengths - 1).view(-1, 1)  # (B, 1) the step after a sentence's last token
+        last = (lengths - 1).view(-1, 1)  # (B, 1) the step of a sentence's last token
         with step_loop():
             for layer in range(self.rnn.num_layers):
                 if layer:
