@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.model.rows import Prefixes
 from nmt.model.seq2seq import build_model
 
 from conftest import padded_batch, small_model, variant_model
@@ -47,6 +49,56 @@ def test_padding_does_not_change_states_or_loss(layers):
     total, count = model.loss(src, lengths, tgt_in, tgt_out)
     assert count == 4 + 3 + 2
     assert torch.allclose(total, sum(batch_loss), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["global", "local-m", "local-p", "coverage"])
+@pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
+def test_loss_skips_ended_rows_without_changing_results(kind, wiring):
+    """The loss runs step t only on the rows whose target is longer than t; its value and all
+    gradients equal cross-entropy over full teacher forcing at the real target positions."""
+    src, lengths = padded_batch()
+    tgt_in = torch.tensor([[BOS, 5, PAD, PAD], [BOS, 8, 9, 4], [BOS, 10, 11, PAD]])
+    tgt_out = torch.tensor([[5, EOS, PAD, PAD], [8, 9, 4, EOS], [10, 11, EOS, PAD]])
+    torch.manual_seed(3)
+    model = variant_model(kind, wiring=wiring)
+    params = list(model.parameters())
+
+    def loss_and_grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [loss] + [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    skipping, count = model.loss(src, lengths, tgt_in, tgt_out, label_smoothing=0.1)
+    att, _ = model(src, lengths, tgt_in)  # (B, T, H), every position
+    keep = tgt_out != PAD
+    full = F.cross_entropy(model.generator(att[keep]), tgt_out[keep], reduction="sum",
+                           label_smoothing=0.1)
+    assert count == 2 + 4 + 3
+    for a, b in zip(loss_and_grads(skipping), loss_and_grads(full)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_gradients_add_up_as_slices_do():
+    """Prefixes sums the gradients of x[:n] for several n, and of x itself, as autograd does
+    for plain slices."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    weights = [torch.randn(n, 3, 4) for n in (5, 5, 3, 1)]
+
+    def grad(prefix) -> torch.Tensor:
+        y = x * 2
+        take = prefix(y)
+        loss = sum((take(w.size(0)) * w).sum() for w in weights) + (y ** 2).sum()
+        return torch.autograd.grad(loss, x)[0]
+
+    assert torch.allclose(grad(Prefixes), grad(lambda y: lambda n: y[:n]))
+
+
+def test_decoding_real_tokens_needs_rows_longest_first():
+    model = small_model()
+    src, lengths = padded_batch()
+    memory, state = model.encode(src, lengths)
+    with pytest.raises(ValueError, match="longest first"):
+        model.decoder.real_tokens(torch.full((3, 4), BOS), torch.tensor([2, 4, 3]), state, memory)
 
 
 @pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage"])

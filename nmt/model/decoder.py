@@ -20,8 +20,9 @@ With `model.attention.coverage`, the state also carries the sum of the attention
 
 `embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
 target in training); `step` does the rest of one step and is the only path, used by teacher
-forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6)
-lives in the model, so training can apply it once to all steps.
+forcing (`forward`, and `real_tokens`, which skips the rows whose target has ended) and by search
+alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6) lives in the model, so training can
+apply it once to all steps.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from nmt.data.tokenizer import PAD
 from nmt.model.attention import Attention, Memory
 from nmt.model.deferred import linear, step_loop
 from nmt.model.dropout import Dropout
+from nmt.model.rows import Prefixes
 
 
 @dataclass
@@ -49,6 +51,11 @@ class DecoderState:
         coverage = None if self.coverage is None else self.coverage.index_select(0, index)
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index),
                             self.feed.index_select(0, index), coverage)
+
+    def narrow(self, n: int) -> DecoderState:
+        """The first n rows (those of a batch whose other rows have ended)."""
+        coverage = None if self.coverage is None else self.coverage[:n]
+        return DecoderState(self.h[:, :n], self.c[:, :n], self.feed[:n], coverage)
 
 
 class Decoder(nn.Module):
@@ -126,10 +133,41 @@ class Decoder(nn.Module):
                 memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: tgt_in (B, T) -> attentional states (B, T, H), weights (B, T, S)."""
         x = self.embed_inputs(tgt_in)  # (B, T, 4H), one product for all steps
+        outputs, weights = self._steps(x.unbind(1), state, memory)  # unbind: one backward node
+        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
+
+    def real_tokens(self, tgt_in: torch.Tensor, tgt_len: torch.Tensor, state: DecoderState,
+                    memory: Memory) -> torch.Tensor:
+        """Teacher forcing over real tokens only, for a batch sorted longest target first:
+        tgt_in (B, T), tgt_len (B,) non-increasing -> attentional states (N, H) of the
+        N = sum(tgt_len) real positions, time-major (step 0 of every row, then step 1, ...).
+        Step t runs only the rows whose target is longer than t: no step computes padding."""
+        if bool((tgt_len[1:] > tgt_len[:-1]).any()):
+            raise ValueError("real_tokens needs rows sorted by target length, longest first")
+        steps = torch.arange(int(tgt_len.max()), device=tgt_len.device)
+        real = steps.unsqueeze(1) < tgt_len.unsqueeze(0)  # (T', B), T' <= T
+        x = self.embed_inputs(tgt_in.t()[:len(steps)][real])  # (N, 4H), time-major
+        outputs, _ = self._steps(x.split(real.sum(dim=1).tolist()), state, memory)
+        return torch.cat(outputs)
+
+    def _steps(self, xs: tuple[torch.Tensor, ...], state: DecoderState, memory: Memory
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Runs step t on the first xs[t].size(0) rows (a non-increasing number) ->
+        attentional states and weights of each step."""
+        keys = Prefixes(memory.keys)  # per-step row prefixes, one gradient buffer each
+        proj = None if memory.proj is None else Prefixes(memory.proj)
+        rows = 0
         outputs, weights = [], []
         with step_loop():  # weights packed once, their gradients one product over all steps
-            for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node, not T slices
-                state, w = self.step(x_t, state, memory, t)
+            for t, x_t in enumerate(xs):
+                n = x_t.size(0)
+                if n != rows:
+                    rows = n
+                    if n < state.feed.size(0):
+                        state = state.narrow(n)
+                    step_memory = Memory(keys(n), None if proj is None else proj(n),
+                                         memory.mask[:n], memory.group)
+                state, w = self.step(x_t, state, step_memory, t)
                 outputs.append(state.feed)
                 weights.append(w)
-        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
+        return outputs, weights

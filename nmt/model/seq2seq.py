@@ -67,17 +67,21 @@ class Seq2Seq(nn.Module):
 
     def loss(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor,
              tgt_out: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over non-padding target tokens, and their number. The output
-        layer runs once, over the real tokens of all steps."""
-        att, _ = self(src, src_len, tgt_in)  # (B, T, H)
-        keep = tgt_out != PAD  # (B, T)
-        logits = self.generator(att[keep])  # (N, V)
+        """Summed cross-entropy over non-padding target tokens, and their number. The batch is
+        put in order of target length, so that the decoder's steps skip ended rows, and the
+        output layer runs once, over the real tokens of all steps."""
+        tgt_len = (tgt_out != PAD).sum(dim=1)  # (B,)
+        order = torch.argsort(tgt_len, descending=True, stable=True)  # longest target first
+        src, tgt_in, tgt_out, tgt_len = src[order], tgt_in[order], tgt_out[order], tgt_len[order]
+        memory, state = self.encode(src, src_len[order.to(src_len.device)])
+        att = self.decoder.real_tokens(tgt_in, tgt_len, state, memory)  # (N, H)
+        gold = tgt_out.t()[tgt_out.t() != PAD]  # (N,), time-major as att
+        logits = self.generator(att)  # (N, V)
         if kernels.usable(logits):  # fused: the gradient comes out of the same pass
-            loss = kernels.cross_entropy(logits, tgt_out[keep], label_smoothing)
+            loss = kernels.cross_entropy(logits, gold, label_smoothing)
         else:
-            loss = F.cross_entropy(logits, tgt_out[keep], reduction="sum",
-                                   label_smoothing=label_smoothing)
-        return loss, int(keep.sum())
+            loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
+        return loss, gold.numel()
 
     def log_probs(self, att: torch.Tensor) -> torch.Tensor:
         """(B, H) attentional states -> (B, V) log-probabilities of the next token."""
