@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from nmt.cli import app
 from nmt.evaluation.evaluate import by_length
 from nmt.inference.translator import load_translator
+from nmt.model import decoder as decoder_module
 
 runner = CliRunner()
 
@@ -112,6 +113,21 @@ def test_batching_does_not_change_results(translator, sources, beam):
     alone = [translator.translate([s], beam=beam)[0].text for s in batch[:16]]
     assert together[:16] == alone
     assert together[:32] == together[32:]
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_the_gate_table_changes_no_translation(translator, sources, monkeypatch, beam):
+    """Searching, the decoder looks each token's gate contribution up in a table made once per
+    translate call; without the table (over the size limit) it multiplies per step."""
+    made = []
+    table = translator.model.decoder._gate_table
+    monkeypatch.setattr(translator.model.decoder, "_gate_table", lambda: made.append(1) or table())
+    looked_up = translator.translate(sources[:40], beam=beam)
+    monkeypatch.setattr(decoder_module, "TABLE_LIMIT", 0)
+    multiplied = translator.translate(sources[:40], beam=beam)
+    assert len(made) == 2  # once per call, for all its batches; the second is over the limit
+    assert [t.text for t in looked_up] == [t.text for t in multiplied]
+    assert [t.score for t in looked_up] == pytest.approx([t.score for t in multiplied], abs=1e-4)
 
 
 def test_n_best_lists_are_sorted_and_distinct(translator, sources):

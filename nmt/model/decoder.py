@@ -35,9 +35,11 @@ from torch import nn
 from nmt import kernels
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Attention, Memory
-from nmt.model.deferred import linear, step_loop
+from nmt.model.deferred import kept, linear, step_loop
 from nmt.model.dropout import Dropout
 from nmt.model.rows import Prefixes
+
+TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (128 MiB)
 
 
 @dataclass
@@ -90,9 +92,22 @@ class Decoder(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def embed_inputs(self, y: torch.Tensor) -> torch.Tensor:
-        """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates."""
+        """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates.
+        Searching inside `keep_packs()`, each token's contribution is computed once, for the
+        whole vocabulary, and each step looks its rows up instead of multiplying."""
+        if not (self.training or torch.is_grad_enabled()):
+            table = kept(self.embed.weight, "gates", self._gate_table)  # (V, 4H)
+            if table is not None:
+                return table[y]
         emb = self.dropout(self.embed(y))  # (..., E)
         return linear(emb, self.input_layer.weight) + self.input_layer.bias
+
+    def _gate_table(self) -> torch.Tensor | None:
+        """(V, 4H) every token's contribution to the gates; None if larger than TABLE_LIMIT."""
+        weight = self.embed.weight
+        if weight.size(0) * self.input_layer.out_features > TABLE_LIMIT:
+            return None
+        return torch.addmm(self.input_layer.bias, weight, self.input_layer.weight.t())
 
     @staticmethod
     def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ one scale per output row, and each product quantizes its input on the fly (torch
 quantization, fbgemm): faster products, slightly different results.
 
 Without gradients, each loop packs its weights once; inside `keep_packs()`, every loop of the
-block reuses the same packs, so the weights must not change there (a translation, a validation).
+block reuses the same packs (and other values derived from weights, through `kept`: the
+decoder's gate table), so the weights must not change there (a translation, a validation).
 Packs cannot follow weight updates by themselves: fused optimizers update parameters in place
 without bumping their version counter.
 
@@ -35,14 +36,16 @@ sees all the recorded pairs and returns the weight's whole gradient, once.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 MIN_PACKED = 64  # pack weights whose both dimensions are at least this
+T = TypeVar("T")
 
 
 def _handled(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -101,15 +104,22 @@ def keep_packs() -> Iterator[None]:
             _KEPT.reset(token)
 
 
+def kept(weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
+    """A value derived from `weight`, made once per `keep_packs()` block; None outside one."""
+    block = _KEPT.get()
+    if block is None:
+        return None
+    key = (id(weight), kind)  # the block holds the weight, so its id stays its own
+    if key not in block:
+        block[key] = (weight, make())
+    return block[key][1]
+
+
 def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _PackedInt8:
-    kept = _KEPT.get()
-    key = (id(weight), int8)  # the block holds the weight, so its id stays its own
-    if kept is not None and key in kept:
-        return kept[key][1]
-    packed = _PackedInt8(weight.detach()) if int8 else _Packed(weight.detach(), rows)
-    if kept is not None:
-        kept[key] = (weight, packed)
-    return packed
+    def make() -> _Packed | _PackedInt8:
+        return _PackedInt8(weight.detach()) if int8 else _Packed(weight.detach(), rows)
+
+    return kept(weight, "int8" if int8 else "fp32", make) or make()
 
 
 class _Loop:
