@@ -198,11 +198,14 @@ def step_loop(int8: bool | None = None) -> Iterator[None]:
     """Within the block, `linear` packs weights once and defers weight gradients. `int8`
     (inference only; None: as the enclosing block, else False) packs them as 8-bit integers."""
     outer = _LOOP.get()
-    token = _LOOP.set(_Loop(bool(outer and outer.int8) if int8 is None else int8))
+    loop = _Loop(bool(outer and outer.int8) if int8 is None else int8)
+    token = _LOOP.set(loop)
     try:
         yield
     finally:
         _LOOP.reset(token)
+        for record in loop.records.values():
+            record.alias = None  # the alias's graph node holds the record: no reference cycle
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

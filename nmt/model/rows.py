@@ -17,33 +17,37 @@ class Prefixes:
     """prefixes(n) is x[:n], with the gradients of all prefixes summed into one buffer."""
 
     def __init__(self, x: torch.Tensor) -> None:
-        self.grad: torch.Tensor | None = None  # (B, ...) the prefixes' summed gradient
+        self.summed = _Sum()  # the graph's nodes hold this, not self: no reference cycle
         self.tracked = torch.is_grad_enabled() and x.requires_grad
-        self.root = _Root.apply(x, self) if self.tracked else x
+        self.root = _Root.apply(x, self.summed) if self.tracked else x
 
     def __call__(self, n: int) -> torch.Tensor:
-        return _Prefix.apply(self.root, n, self) if self.tracked else self.root[:n]
+        return _Prefix.apply(self.root, n, self.summed) if self.tracked else self.root[:n]
+
+
+class _Sum:
+    grad: torch.Tensor | None = None  # (B, ...) the prefixes' summed gradient
 
 
 class _Root(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, prefixes: Prefixes) -> torch.Tensor:
-        ctx.prefixes = prefixes
+    def forward(ctx, x: torch.Tensor, summed: _Sum) -> torch.Tensor:
+        ctx.summed = summed
         ctx.set_materialize_grads(False)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
-        summed, ctx.prefixes.grad = ctx.prefixes.grad, None
-        if summed is None:
+        total, ctx.summed.grad = ctx.summed.grad, None
+        if total is None:
             return grad, None
-        return (summed if grad is None else summed.add_(grad)), None
+        return (total if grad is None else total.add_(grad)), None
 
 
 class _Prefix(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, root: torch.Tensor, n: int, prefixes: Prefixes) -> torch.Tensor:
-        ctx.n, ctx.prefixes = n, prefixes
+    def forward(ctx, root: torch.Tensor, n: int, summed: _Sum) -> torch.Tensor:
+        ctx.n, ctx.summed = n, summed
         ctx.shape, ctx.dtype, ctx.device = root.shape, root.dtype, root.device
         ctx.set_materialize_grads(False)
         return root[:n]
@@ -51,8 +55,8 @@ class _Prefix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None) -> tuple[None, None, None]:
         if grad is not None:
-            p = ctx.prefixes
-            if p.grad is None:
-                p.grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
-            p.grad[:ctx.n] += grad
+            summed = ctx.summed
+            if summed.grad is None:
+                summed.grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=ctx.device)
+            summed.grad[:ctx.n] += grad
         return None, None, None
