@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.model import decoder as decoder_module
 from nmt.model.rows import Prefixes
 from nmt.model.seq2seq import build_model
 
@@ -55,9 +56,12 @@ def test_padding_does_not_change_states_or_loss(layers):
 
 @pytest.mark.parametrize("kind", ["global", "local-m", "local-p", "coverage"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
-def test_loss_skips_ended_rows_without_changing_results(kind, wiring):
-    """The loss runs step t only on the rows whose target is longer than t; its value and all
-    gradients equal cross-entropy over full teacher forcing at the real target positions."""
+@pytest.mark.parametrize("skip", [True, False])
+def test_loss_skips_ended_rows_without_changing_results(monkeypatch, kind, wiring, skip):
+    """The loss runs step t only on the rows whose target is longer than t (as on a CPU), or
+    on all rows (as on a GPU); its value and all gradients equal cross-entropy over full teacher
+    forcing at the real target positions."""
+    monkeypatch.setattr(decoder_module, "skips_ended_rows", lambda device: skip)
     src, lengths = padded_batch()
     tgt_in = torch.tensor([[BOS, 5, PAD, PAD], [BOS, 8, 9, 4], [BOS, 10, 11, PAD]])
     tgt_out = torch.tensor([[5, EOS, PAD, PAD], [8, 9, 4, EOS], [10, 11, EOS, PAD]])

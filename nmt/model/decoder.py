@@ -42,6 +42,14 @@ from nmt.model.rows import Prefixes
 TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (128 MiB)
 
 
+def skips_ended_rows(device: torch.device) -> bool:
+    """Whether teacher forcing drops the rows whose target has ended from later steps: on a
+    CPU, where a step's time grows with its rows (1.03-1.04x faster training here); not on a
+    GPU, where it goes to launching kernels, and dropping rows made training 0.73-0.8x as fast
+    (the extra kernels and shapes)."""
+    return device.type == "cpu"
+
+
 @dataclass
 class DecoderState:
     h: torch.Tensor  # (L, B, H) hidden state of each decoder layer
@@ -156,12 +164,16 @@ class Decoder(nn.Module):
         """Teacher forcing over real tokens only, for a batch sorted longest target first:
         tgt_in (B, T), tgt_len (B,) non-increasing -> attentional states (N, H) of the
         N = sum(tgt_len) real positions, time-major (step 0 of every row, then step 1, ...).
-        Step t runs only the rows whose target is longer than t: no step computes padding."""
+        Where `skips_ended_rows`, step t runs only the rows whose target is longer than t."""
         if bool((tgt_len[1:] > tgt_len[:-1]).any()):
             raise ValueError("real_tokens needs rows sorted by target length, longest first")
         steps = torch.arange(int(tgt_len.max()), device=tgt_len.device)
         real = steps.unsqueeze(1) < tgt_len.unsqueeze(0)  # (T', B), T' <= T
-        x = self.embed_inputs(tgt_in.t()[:len(steps)][real])  # (N, 4H), time-major
+        tgt_in = tgt_in.t()[:len(steps)]  # (T', B)
+        if not skips_ended_rows(tgt_in.device):
+            outputs, _ = self._steps(self.embed_inputs(tgt_in).unbind(0), state, memory)
+            return torch.stack(outputs)[real]  # (N, H)
+        x = self.embed_inputs(tgt_in[real])  # (N, 4H), time-major
         outputs, _ = self._steps(x.split(real.sum(dim=1).tolist()), state, memory)
         return torch.cat(outputs)
 
