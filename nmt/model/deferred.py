@@ -28,7 +28,7 @@ decoder's gate table), so the weights must not change there (a translation, a va
 Packs cannot follow weight updates by themselves: fused optimizers update parameters in place
 without bumping their version counter.
 
-How: the first use of a weight in the block passes it through `_Root`, an identity whose backward
+How: the first use of a weight in the block passes it through `Root`, an identity whose backward
 runs only after every step that used it (they all depend on it), and so is the one place that
 sees all the recorded pairs and returns the weight's whole gradient, once.
 """
@@ -141,7 +141,7 @@ class _Record:
         self.packed_t: _Packed | None = None  # W^T, for the input gradients
         self.inputs: list[torch.Tensor] = []  # each (N_t, D)
         self.grads: list[torch.Tensor] = []  # each (N_t, O)
-        self.alias = _Root.apply(weight, self) if torch.is_grad_enabled() else weight
+        self.alias = Root.apply(weight, self) if torch.is_grad_enabled() else weight
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight) if self.packed is None else self.packed(x)
@@ -153,24 +153,31 @@ class _Record:
             self.packed_t = _Packed(weight.t(), self.rows)
         return self.packed_t(grad)
 
+    def finish(self, _unused: torch.Tensor | None) -> torch.Tensor | None:
+        """The weight's whole gradient, once every use has recorded its pair."""
+        if not self.inputs:
+            return None
+        grad = torch.cat(self.grads).t() @ torch.cat(self.inputs)  # (O, D), one product
+        self.inputs.clear()
+        self.grads.clear()
+        self.packed_t = None
+        return grad
 
-class _Root(torch.autograd.Function):
+
+class Root(torch.autograd.Function):
+    """Root.apply(x, holder) is x (a view), and its backward returns holder.finish(grad): it
+    runs after every use of the view, which all depend on it, so the holder can return a
+    gradient gathered from them all. Holders must not hold the view (a reference cycle)."""
+
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, record: _Record) -> torch.Tensor:
-        ctx.record = record
+    def forward(ctx, x: torch.Tensor, holder) -> torch.Tensor:
+        ctx.holder = holder
         ctx.set_materialize_grads(False)
-        return weight.view_as(weight)
+        return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, _unused: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
-        r = ctx.record
-        if not r.inputs:
-            return None, None
-        grad = torch.cat(r.grads).t() @ torch.cat(r.inputs)  # (O, D), one product
-        r.inputs.clear()
-        r.grads.clear()
-        r.packed_t = None
-        return grad, None
+    def backward(ctx, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+        return ctx.holder.finish(grad), None
 
 
 class _Linear(torch.autograd.Function):
@@ -187,7 +194,7 @@ class _Linear(torch.autograd.Function):
         r.inputs.append(x.reshape(-1, x.size(-1)))
         r.grads.append(grad.reshape(-1, grad.size(-1)))
         grad_x = r.input_grad(grad, weight) if ctx.needs_input_grad[0] else None  # (..., D)
-        return grad_x, None, None  # the weight's gradient comes from _Root
+        return grad_x, None, None  # the weight's gradient comes from Root
 
 
 _LOOP: ContextVar[_Loop | None] = ContextVar("step_loop", default=None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from nmt.model.deferred import Root
+
 
 class Prefixes:
     """prefixes(n) is x[:n], with the gradients of all prefixes summed into one buffer."""
@@ -19,7 +21,7 @@ class Prefixes:
     def __init__(self, x: torch.Tensor) -> None:
         self.summed = _Sum()  # the graph's nodes hold this, not self: no reference cycle
         self.tracked = torch.is_grad_enabled() and x.requires_grad
-        self.root = _Root.apply(x, self.summed) if self.tracked else x
+        self.root = Root.apply(x, self.summed) if self.tracked else x
 
     def __call__(self, n: int) -> torch.Tensor:
         return _Prefix.apply(self.root, n, self.summed) if self.tracked else self.root[:n]
@@ -28,20 +30,12 @@ class Prefixes:
 class _Sum:
     grad: torch.Tensor | None = None  # (B, ...) the prefixes' summed gradient
 
-
-class _Root(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, summed: _Sum) -> torch.Tensor:
-        ctx.summed = summed
-        ctx.set_materialize_grads(False)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
-        total, ctx.summed.grad = ctx.summed.grad, None
+    def finish(self, grad: torch.Tensor | None) -> torch.Tensor | None:
+        """x's gradient: the prefixes' sum, plus that of any direct use of the root."""
+        total, self.grad = self.grad, None
         if total is None:
-            return grad, None
-        return (total if grad is None else total.add_(grad)), None
+            return grad
+        return total if grad is None else total.add_(grad)
 
 
 class _Prefix(torch.autograd.Function):
