@@ -125,12 +125,13 @@ def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _P
 class _Loop:
     def __init__(self, int8: bool) -> None:
         self.int8 = int8
-        self.records: dict[int, _Record] = {}
+        self.records: dict[int, tuple[_Record, torch.Tensor]] = {}  # record, alias in the graph
 
 
 class _Record:
-    """One weight's state in the loop: its alias in the graph, its packed copies, and the
-    (input, output gradient) pairs of its uses."""
+    """One weight's state in the loop: its packed copies and the (input, output gradient) pairs
+    of its uses. The alias's graph node holds the record, so the record must not hold the alias
+    (the loop does)."""
 
     def __init__(self, weight: torch.Tensor, x: torch.Tensor, int8: bool) -> None:
         self.rows = max(1, x.numel() // x.size(-1))
@@ -141,7 +142,6 @@ class _Record:
         self.packed_t: _Packed | None = None  # W^T, for the input gradients
         self.inputs: list[torch.Tensor] = []  # each (N_t, D)
         self.grads: list[torch.Tensor] = []  # each (N_t, O)
-        self.alias = Root.apply(weight, self) if torch.is_grad_enabled() else weight
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight) if self.packed is None else self.packed(x)
@@ -205,14 +205,11 @@ def step_loop(int8: bool | None = None) -> Iterator[None]:
     """Within the block, `linear` packs weights once and defers weight gradients. `int8`
     (inference only; None: as the enclosing block, else False) packs them as 8-bit integers."""
     outer = _LOOP.get()
-    loop = _Loop(bool(outer and outer.int8) if int8 is None else int8)
-    token = _LOOP.set(loop)
+    token = _LOOP.set(_Loop(bool(outer and outer.int8) if int8 is None else int8))
     try:
         yield
     finally:
         _LOOP.reset(token)
-        for record in loop.records.values():
-            record.alias = None  # the alias's graph node holds the record: no reference cycle
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -220,9 +217,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     loop = _LOOP.get()
     if loop is None or not _handled(x, weight):
         return F.linear(x, weight)
-    record = loop.records.get(id(weight))
-    if record is None:
-        record = loop.records[id(weight)] = _Record(weight, x, loop.int8)
+    if id(weight) not in loop.records:
+        record = _Record(weight, x, loop.int8)
+        alias = Root.apply(weight, record) if torch.is_grad_enabled() else weight
+        loop.records[id(weight)] = record, alias
+    record, alias = loop.records[id(weight)]
     if torch.is_grad_enabled() and weight.requires_grad:
-        return _Linear.apply(x, record.alias, record)
+        return _Linear.apply(x, alias, record)
     return record.forward(x, weight)
