@@ -52,6 +52,20 @@ def test_additive_score_is_finite_and_exact_at_the_extremes():
                           rtol=1e-6)
 
 
+def test_additive_score_gradients_stay_finite_where_sigmoid_saturates():
+    """At z = -100, exp(-z) is clamped near 1.7e38: the backward pass must form
+    exp(-z) sigmoid(z) = 1 - sigmoid(z) before scaling it, or a weight above 1 overflows."""
+    proj = torch.tensor([[[-100.0, 100.0, 0.0, 3.0]]], requires_grad=True)  # (1, 1, 4)
+    q = torch.zeros(1, 1, 4, requires_grad=True)
+    v = torch.full((4,), 4.0, requires_grad=True)
+    kernels.additive_score(proj, q, v).sum().backward()
+    exact = [t.detach().double().requires_grad_() for t in (proj, q, v)]
+    _formula(*exact).sum().backward()
+    for leaf, ref in zip((proj, q, v), exact):
+        assert torch.isfinite(leaf.grad).all()
+        assert torch.allclose(leaf.grad.double(), ref.grad, rtol=1e-5, atol=1e-30)
+
+
 def test_additive_score_gradients_are_the_same_every_run():
     """Threads add their shares of dv in a fixed order: runs agree bit for bit."""
     torch.set_num_threads(2)

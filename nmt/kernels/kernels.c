@@ -88,7 +88,7 @@ static inline void additive_score_backward_row(
     for (int64_t a = 0; a < A; a++) {
         float e = exp_approx(-(p[a] + q[a]));
         float y = 1.0f / (1.0f + e);
-        float dz = d * v[a] * e * y * y; /* y (1 - y) without its cancellation near y = 1 */
+        float dz = d * v[a] * (e * y) * y; /* y (1 - y), without cancellation near y = 1 */
         dp[a] += dz;
         dq[a] += dz;
         dv[a] += d * y;
