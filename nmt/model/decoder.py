@@ -169,11 +169,10 @@ class Decoder(nn.Module):
             raise ValueError("real_tokens needs rows sorted by target length, longest first")
         steps = torch.arange(int(tgt_len.max()), device=tgt_len.device)
         real = steps.unsqueeze(1) < tgt_len.unsqueeze(0)  # (T', B), T' <= T
-        tgt_in = tgt_in.t()[:len(steps)]  # (T', B)
-        if not skips_ended_rows(tgt_in.device):
-            outputs, _ = self._steps(self.embed_inputs(tgt_in).unbind(0), state, memory)
-            return torch.stack(outputs)[real]  # (N, H)
-        x = self.embed_inputs(tgt_in[real])  # (N, 4H), time-major
+        if not skips_ended_rows(tgt_in.device):  # every step on all rows: teacher forcing
+            att, _ = self(tgt_in[:, :len(steps)], state, memory)  # (B, T', H)
+            return att.transpose(0, 1)[real]  # (N, H)
+        x = self.embed_inputs(tgt_in.t()[:len(steps)][real])  # (N, 4H), time-major
         outputs, _ = self._steps(x.split(real.sum(dim=1).tolist()), state, memory)
         return torch.cat(outputs)
 
