@@ -13,12 +13,16 @@ FlopCounterMode on real batches (matrix products of forward and backward). Trans
 the first `--sentences` test sentences with the model just trained, greedy and beam 5. Peers
 (`../shared/bench/run-peer.sh`) train the same number of updates on the same SentencePiece
 pieces and translate the same sentences; their BLEU is scored after joining their pieces.
+After each peer, nmt's training (more updates of the same run) and beam search (the same
+model) are measured again, and the peer is compared with the mean of nmt's measurements just
+before and just after it: the machine's speed drifts over a run of 20 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -91,60 +95,76 @@ def prepare_speed(cfg: Config) -> float:
         return fresh.summary.read / fresh.summary.seconds
 
 
-def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
-                windows: int) -> tuple[dict, torch.nn.Module]:
-    seed_everything(cfg.train.seed)
-    tok = prepared.tokenizer()
-    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
-    t = cfg.train
-    optimizer, schedule = build_optimizer(t, model)
-    data = Dataset.load(prepared.ids("train"))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, optimizer, schedule, data, lambda: None, t, Path(tmp), {},
-                          torch.device("cpu"))
-    batches = token_batches(data.widths, t.batch_tokens, t.seed, 0)
-    flops = FlopCounterMode(display=False)
-    counted = 0
-    # FlopCounterMode sees neither oneDNN's packed products nor the fused kernels: count the
-    # plain path (nn.LSTM, F.linear), which computes the same products
-    with (flops, mock.patch("nmt.model.decoder.step_loop", contextlib.nullcontext),
-          mock.patch("nmt.kernels.usable", lambda *tensors: False)):
-        for index in batches[:3]:
-            b = collate(data, index)
-            loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
-            loss.backward()
-            counted += n
-    model.zero_grad(set_to_none=True)
-    flop_per_token = flops.get_total_flops() / counted
-    per_window = updates // windows
-    rates, update_rates, src_tgt_rates, sentences = [], [], [], []
-    peak_rss_reset()
-    step = 0
-    for w in range(-1, windows):  # window -1 is the warm-up
-        size = warmup if w < 0 else per_window
+class Training:
+    """A model of `cfg` training on the bench batches, kept alive so that its speed can be
+    measured again later in the run, next to each peer."""
+
+    def __init__(self, cfg: Config, prepared: Prepared) -> None:
+        seed_everything(cfg.train.seed)
+        tok = prepared.tokenizer()
+        self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        t = cfg.train
+        optimizer, self.schedule = build_optimizer(t, self.model)
+        self.data = Dataset.load(prepared.ids("train"))
+        with tempfile.TemporaryDirectory() as tmp:
+            self.trainer = Trainer(self.model, optimizer, self.schedule, self.data, lambda: None,
+                                   t, Path(tmp), {}, torch.device("cpu"))
+        self.batches = token_batches(self.data.widths, t.batch_tokens, t.seed, 0)
+        self.step = 0
+        self.sentences: list[int] = []  # per timed update
+
+    def flop_per_tgt_token(self) -> float:
+        """Model FLOPs per target token of forward and backward, on the first three batches."""
+        flops = FlopCounterMode(display=False)
+        counted = 0
+        # FlopCounterMode sees neither oneDNN's packed products nor the fused kernels: count
+        # the plain path (nn.LSTM, F.linear), which computes the same products
+        with (flops, mock.patch("nmt.model.decoder.step_loop", contextlib.nullcontext),
+              mock.patch("nmt.kernels.usable", lambda *tensors: False)):
+            for index in self.batches[:3]:
+                b = collate(self.data, index)
+                loss, n = self.model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
+                loss.backward()
+                counted += n
+        self.model.zero_grad(set_to_none=True)
+        return flops.get_total_flops() / counted
+
+    def window(self, updates: int) -> tuple[float, float, float]:
+        """Runs `updates` updates -> (tgt tokens/s, src+tgt tokens/s, updates/s)."""
         tgt = srctgt = 0
         start = time.perf_counter()
-        for _ in range(size):
-            index = batches[step % len(batches)]
-            step += 1
-            done = trainer.update([index], schedule.lr_at(step))
+        for _ in range(updates):
+            index = self.batches[self.step % len(self.batches)]
+            self.step += 1
+            done = self.trainer.update([index], self.schedule.lr_at(self.step))
             tgt += done[1]
-            srctgt += done[1] + int(data.src_len[index].sum())
-            sentences.append(len(index))
+            srctgt += done[1] + int(self.data.src_len[index].sum())
+            self.sentences.append(len(index))
         seconds = time.perf_counter() - start
-        if w >= 0:
-            rates.append(tgt / seconds)
-            src_tgt_rates.append(srctgt / seconds)
-            update_rates.append(size / seconds)
-    result = {"parameters": count_parameters(model), "updates": step,
-              "sentences_per_batch": statistics.mean(sentences),
-              "tgt_tokens_per_s": statistics.median(rates),
-              "src_tgt_tokens_per_s": statistics.median(src_tgt_rates),
-              "updates_per_s": statistics.median(update_rates),
-              "flop_per_tgt_token": flop_per_token,
-              "gflops": flop_per_token * statistics.median(rates) / 1e9,
-              "peak_rss_mib": peak_rss_mib()}
-    return result, model
+        return tgt / seconds, srctgt / seconds, updates / seconds
+
+    def tgt_tokens_per_s(self, updates: int, windows: int) -> float:
+        """The median target tokens/s of `windows` more windows of `updates` updates, after
+        a few untimed ones (the caches are cold after a pause)."""
+        self.window(3)
+        return statistics.median(self.window(updates)[0] for _ in range(windows))
+
+
+def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
+                windows: int) -> tuple[dict, Training]:
+    training = Training(cfg, prepared)
+    flop_per_token = training.flop_per_tgt_token()
+    peak_rss_reset()
+    training.window(warmup)
+    training.sentences.clear()
+    rates = [training.window(updates // windows) for _ in range(windows)]
+    tgt, src_tgt, per_update = (statistics.median(r) for r in zip(*rates))
+    result = {"parameters": count_parameters(training.model), "updates": training.step,
+              "sentences_per_batch": statistics.mean(training.sentences),
+              "tgt_tokens_per_s": tgt, "src_tgt_tokens_per_s": src_tgt,
+              "updates_per_s": per_update, "flop_per_tgt_token": flop_per_token,
+              "gflops": flop_per_token * tgt / 1e9, "peak_rss_mib": peak_rss_mib()}
+    return result, training
 
 
 def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, test: Pairs,
@@ -165,6 +185,32 @@ def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, tes
             "sentences_per_s": len(sources) / seconds,
             "tgt_tokens_per_s": tokens / seconds, "mean_output_pieces": tokens / len(out),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
+
+
+class Alongside:
+    """nmt measured again after each peer: its training speed (more windows of the same
+    training) and its beam-5 speed (the same model as before). Each peer is compared with the
+    mean of the measurements just before and just after it, as this machine's speed drifts
+    over a run."""
+
+    def __init__(self, training: Training, model: torch.nn.Module, cfg: Config,
+                 prepared: Prepared, test: Pairs, first: dict, args: argparse.Namespace,
+                 int8: bool) -> None:
+        self.training, self.model, self.cfg = training, model, cfg
+        self.prepared, self.test, self.args, self.int8 = prepared, test, args, int8
+        self.last = first  # {"train": tgt tok/s, "beam5": sent/s[, "beam5_int8": sent/s]}
+
+    def measure(self) -> dict:
+        """Measures now -> {"before", "after", and per figure the mean of the two}."""
+        a = self.args
+        now = {"train": self.training.tgt_tokens_per_s(a.updates // a.windows,
+                                                       a.alongside_windows)}
+        for name, int8 in (("beam5", False), ("beam5_int8", True))[:2 if self.int8 else 1]:
+            now[name] = translate_speed(self.model, self.cfg, self.prepared, self.test, 5,
+                                        a.repeats, int8)["sentences_per_s"]
+        before, self.last = self.last, now
+        return {"before": before, "after": now,
+                **{k: (before[k] + now[k]) / 2 for k in now}}
 
 
 def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> Pairs:
@@ -256,25 +302,28 @@ def table(r: dict) -> str:
     lines.append(f"int8 beam 5: {q['sentences_per_s'] / b['sentences_per_s']:.2f}x the fp32 "
                  f"speed, BLEU {q['bleu'] - b['bleu']:+.2f}")
     if r.get("peers"):
-        lines += ["", "| toolkit | train tgt tok/s | nmt ÷ peer | beam-5 sent/s | nmt ÷ peer "
-                      "| BLEU | output pieces |", "|---|---:|---:|---:|---:|---:|---:|",
-                  f"| nmt | {t['tgt_tokens_per_s']:,.0f} | 1.00 | {b['sentences_per_s']:.1f} "
-                  f"| 1.00 | {b['bleu']:.2f} | {b['mean_output_pieces']:.1f} |"]
+        lines += ["", "nmt's speeds next to a peer are the means of nmt's measurements just "
+                      "before and just after it.", "",
+                  "| toolkit | train tgt tok/s | nmt next to it | nmt ÷ peer | beam-5 sent/s "
+                  "| nmt next to it | nmt ÷ peer | int8 nmt ÷ peer | BLEU | output pieces |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| nmt | {t['tgt_tokens_per_s']:,.0f} | | | {b['sentences_per_s']:.1f} | | "
+                  f"| | {b['bleu']:.2f} | {b['mean_output_pieces']:.1f} |"]
         if "general" in r:
             gt, gb = r["general"]["train"], r["general"]["beam5"]
-            lines.append(f"| nmt, general score | {gt['tgt_tokens_per_s']:,.0f} | 1.00 "
-                         f"| {gb['sentences_per_s']:.1f} | 1.00 | {gb['bleu']:.2f} "
+            lines.append(f"| nmt, general score | {gt['tgt_tokens_per_s']:,.0f} | | "
+                         f"| {gb['sentences_per_s']:.1f} | | | | {gb['bleu']:.2f} "
                          f"| {gb['mean_output_pieces']:.1f} |")
+        nan = float("nan")
         for p in r["peers"]:
-            tok, sent = p["tgt_tokens_per_s"], p["beam5_sentences_per_s"]
-            # fairseq is compared with nmt on its own architecture (general score)
-            ours = r["general"] if p["kind"] == "fairseq" else {"train": t, "beam5": b}
+            tok, sent, ours = p["tgt_tokens_per_s"], p["beam5_sentences_per_s"], p["nmt"]
+            int8 = ours.get("beam5_int8")
             lines.append(
-                f"| {p['kind']} | {tok or float('nan'):,.0f} "
-                f"| {ours['train']['tgt_tokens_per_s'] / tok if tok else float('nan'):.2f} "
-                f"| {sent or float('nan'):.1f} "
-                f"| {ours['beam5']['sentences_per_s'] / sent if sent else float('nan'):.2f} "
-                f"| {p['bleu'] if p['bleu'] is not None else float('nan'):.2f} "
+                f"| {p['kind']} | {tok or nan:,.0f} | {ours['train']:,.0f} "
+                f"| {ours['train'] / tok if tok else nan:.2f} | {sent or nan:.1f} "
+                f"| {ours['beam5']:.1f} | {ours['beam5'] / sent if sent else nan:.2f} "
+                f"| {f'{int8 / sent:.2f}' if int8 and sent else ''} "
+                f"| {p['bleu'] if p['bleu'] is not None else nan:.2f} "
                 f"| {p['mean_output_pieces']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -285,6 +334,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20, help="untimed updates first")
     ap.add_argument("--updates", type=int, default=180, help="timed updates")
     ap.add_argument("--windows", type=int, default=6, help="timed windows (median reported)")
+    ap.add_argument("--alongside-windows", type=int, default=2,
+                    help="timed training windows of nmt after each peer")
     ap.add_argument("--sentences", type=int, default=1000, help="test sentences translated")
     ap.add_argument("--repeats", type=int, default=3, help="timed translation repeats")
     ap.add_argument("--peer", action="append", default=[], choices=["joey", "onmt", "fairseq"])
@@ -303,34 +354,60 @@ def main() -> None:
     prepared = prepare(cfg.data, progress=False)
     test = test_pairs(prepared, args.sentences, cfg.data.max_pieces)
     log.info("training %d + %d updates ...", args.warmup, args.updates)
-    result["train"], model = train_speed(cfg, prepared, args.warmup, args.updates, args.windows)
+    result["train"], training = train_speed(cfg, prepared, args.warmup, args.updates,
+                                            args.windows)
+    model = copy.deepcopy(training.model)  # translated now and next to each peer
     for name, beam, int8 in (("greedy", 1, False), ("beam5", 5, False), ("beam5_int8", 5, True)):
         log.info("translating %d sentences, beam %d%s ...", args.sentences, beam,
                  ", int8" if int8 else "")
         result[name] = translate_speed(model, cfg, prepared, test, beam, args.repeats, int8)
-    if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
-        general = load_config(args.config, ["model.attention.score=general"])
-        log.info("training with the general score, as fairseq's lstm ...")
-        trained, model = train_speed(general, prepared, args.warmup, args.updates, args.windows)
-        result["general"] = {"train": trained, "beam5": translate_speed(
-            model, general, prepared, test, 5, args.repeats)}
     result["peers"] = []
-    if args.peer:
-        data = args.out.parent / "pieces"
-        export_pieces(prepared, data, test)
-        for kind in args.peer:
-            log.info("peer %s: %d updates and translation ...", kind,
-                     args.warmup + args.updates)
-            try:
-                result["peers"].append(run_peer(kind, data, args.out.parent / kind,
-                                                args.warmup + args.updates, prepared,
-                                                test, cfg.data.max_pieces))
-            except RuntimeError as err:  # the other figures still count
-                log.error("%s", err)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.peer:
+        finish(result, args.out)
+        return
+    data = args.out.parent / "pieces"
+    export_pieces(prepared, data, test)
+    figures = {k: result[k]["sentences_per_s"] for k in ("beam5", "beam5_int8")}
+    additive = Alongside(training, model, cfg, prepared, test,
+                         {"train": result["train"]["tgt_tokens_per_s"], **figures}, args, True)
+    for kind in [p for p in args.peer if p != "fairseq"]:
+        run_beside(kind, additive, data, args, prepared, test, cfg, result)
+    if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
+        general_cfg = load_config(args.config, ["model.attention.score=general"])
+        log.info("training with the general score, as fairseq's lstm ...")
+        trained, training = train_speed(general_cfg, prepared, args.warmup, args.updates,
+                                        args.windows)
+        model = copy.deepcopy(training.model)
+        result["general"] = {"train": trained, "beam5": translate_speed(
+            model, general_cfg, prepared, test, 5, args.repeats)}
+        general = Alongside(training, model, general_cfg, prepared, test,
+                            {"train": trained["tgt_tokens_per_s"],
+                             "beam5": result["general"]["beam5"]["sentences_per_s"]},
+                            args, False)
+        run_beside("fairseq", general, data, args, prepared, test, cfg, result)
+    finish(result, args.out)
+
+
+def run_beside(kind: str, ours: Alongside, data: Path, args: argparse.Namespace,
+               prepared: Prepared, test: Pairs, cfg: Config, result: dict) -> None:
+    """Runs peer `kind`, then measures nmt again (`Alongside`); adds both to result["peers"]."""
+    log.info("peer %s: %d updates and translation ...", kind, args.warmup + args.updates)
+    try:
+        peer = run_peer(kind, data, args.out.parent / kind, args.warmup + args.updates,
+                        prepared, test, cfg.data.max_pieces)
+    except RuntimeError as err:  # the other figures still count
+        log.error("%s", err)
+        return
+    log.info("nmt again, after %s ...", kind)
+    peer["nmt"] = ours.measure()
+    result["peers"].append(peer)
+
+
+def finish(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(table(result))
-    log.info("wrote %s", args.out)
+    log.info("wrote %s", out)
 
 
 if __name__ == "__main__":
