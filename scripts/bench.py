@@ -205,7 +205,8 @@ class Alongside:
         a = self.args
         now = {"train": self.training.tgt_tokens_per_s(a.updates // a.windows,
                                                        a.alongside_windows)}
-        for name, int8 in (("beam5", False), ("beam5_int8", True))[:2 if self.int8 else 1]:
+        searches = [("beam5", False)] + ([("beam5_int8", True)] if self.int8 else [])
+        for name, int8 in searches:
             now[name] = translate_speed(self.model, self.cfg, self.prepared, self.test, 5,
                                         a.repeats, int8)["sentences_per_s"]
         before, self.last = self.last, now
