@@ -284,7 +284,8 @@ def translate_seconds(kind: str, path: Path) -> float | None:
 def table(r: dict) -> str:
     t, g, b = r["train"], r["greedy"], r["beam5"]
     lines = [
-        f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s, "
+        f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s "
+        f"(the larger of {' and '.join(f'{g:.1f}' for g in r['matmul_gflops_runs'])}), "
         f"fused CPU kernels {'on' if r['fused_kernels'] else 'off'}",
         f"data preparation: {r['prepare_pairs_per_s']:,.0f} pairs/s",
         f"training ({t['parameters']:,} parameters, {t['sentences_per_batch']:.1f} sentences "
@@ -349,7 +350,7 @@ def main() -> None:
     result: dict = {"config": str(args.config), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "fused_kernels": kernels.load() is not None}
     log.info("matmul peak ...")
-    result["matmul_gflops"] = matmul_peak()
+    result["matmul_gflops_runs"] = [matmul_peak()]  # and again at the end: the larger counts
     log.info("data preparation ...")
     result["prepare_pairs_per_s"] = prepare_speed(cfg)
     prepared = prepare(cfg.data, progress=False)
@@ -405,6 +406,11 @@ def run_beside(kind: str, ours: Alongside, data: Path, args: argparse.Namespace,
 
 
 def finish(result: dict, out: Path) -> None:
+    """Measures the matmul peak again (a slow phase of the machine must not lower it), then
+    writes the JSON and prints the table."""
+    log.info("matmul peak again ...")
+    result["matmul_gflops_runs"].append(matmul_peak())
+    result["matmul_gflops"] = max(result["matmul_gflops_runs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(table(result))
