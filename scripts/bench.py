@@ -285,7 +285,7 @@ def table(r: dict) -> str:
     t, g, b = r["train"], r["greedy"], r["beam5"]
     lines = [
         f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s "
-        f"(the larger of {' and '.join(f'{g:.1f}' for g in r['matmul_gflops_runs'])}), "
+        f"(the larger of {' and '.join(f'{x:.1f}' for x in r['matmul_gflops_runs'])}), "
         f"fused CPU kernels {'on' if r['fused_kernels'] else 'off'}",
         f"data preparation: {r['prepare_pairs_per_s']:,.0f} pairs/s",
         f"training ({t['parameters']:,} parameters, {t['sentences_per_batch']:.1f} sentences "
