@@ -44,7 +44,7 @@ compare: install
 	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/compare_attention.py $(COMPARE_ARGS)
 
 # Speed of data preparation, training and translation, with the matmul peak, in one run (about
-# 4 minutes; about 20 with all three peers). BENCH_ARGS="--peer onmt --peer joey" adds the reference
+# 4 minutes; 20-25 with all three peers). BENCH_ARGS="--peer onmt --peer joey" adds the reference
 # toolkits, which ../shared/bench/setup-peers.sh installs once.
 BENCH_ARGS ?=
 

@@ -194,10 +194,10 @@ class Alongside:
     over a run."""
 
     def __init__(self, training: Training, model: torch.nn.Module, cfg: Config,
-                 prepared: Prepared, test: Pairs, first: dict, args: argparse.Namespace,
-                 int8: bool) -> None:
+                 prepared: Prepared, test: Pairs, first: dict, args: argparse.Namespace
+                 ) -> None:
         self.training, self.model, self.cfg = training, model, cfg
-        self.prepared, self.test, self.args, self.int8 = prepared, test, args, int8
+        self.prepared, self.test, self.args = prepared, test, args
         self.last = first  # {"train": tgt tok/s, "beam5": sent/s[, "beam5_int8": sent/s]}
 
     def measure(self) -> dict:
@@ -205,7 +205,8 @@ class Alongside:
         a = self.args
         now = {"train": self.training.tgt_tokens_per_s(a.updates // a.windows,
                                                        a.alongside_windows)}
-        searches = [("beam5", False)] + ([("beam5_int8", True)] if self.int8 else [])
+        searches = [("beam5", False)] + ([("beam5_int8", True)] if "beam5_int8" in self.last
+                                         else [])
         for name, int8 in searches:
             now[name] = translate_speed(self.model, self.cfg, self.prepared, self.test, 5,
                                         a.repeats, int8)["sentences_per_s"]
@@ -371,7 +372,7 @@ def main() -> None:
     export_pieces(prepared, data, test)
     figures = {k: result[k]["sentences_per_s"] for k in ("beam5", "beam5_int8")}
     additive = Alongside(training, model, cfg, prepared, test,
-                         {"train": result["train"]["tgt_tokens_per_s"], **figures}, args, True)
+                         {"train": result["train"]["tgt_tokens_per_s"], **figures}, args)
     for kind in [p for p in args.peer if p != "fairseq"]:
         run_beside(kind, additive, data, args, prepared, test, cfg, result)
     if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
@@ -384,8 +385,7 @@ def main() -> None:
             model, general_cfg, prepared, test, 5, args.repeats)}
         general = Alongside(training, model, general_cfg, prepared, test,
                             {"train": trained["tgt_tokens_per_s"],
-                             "beam5": result["general"]["beam5"]["sentences_per_s"]},
-                            args, False)
+                             "beam5": result["general"]["beam5"]["sentences_per_s"]}, args)
         run_beside("fairseq", general, data, args, prepared, test, cfg, result)
     finish(result, args.out)
 
