@@ -374,7 +374,7 @@ def main() -> None:
     additive = Alongside(training, model, cfg, prepared, test,
                          {"train": result["train"]["tgt_tokens_per_s"], **figures}, args)
     for kind in [p for p in args.peer if p != "fairseq"]:
-        run_beside(kind, additive, data, args, prepared, test, cfg, result)
+        run_beside(kind, additive, data, args, result)
     if "fairseq" in args.peer:  # fairseq's lstm scores attention with Luong's general score
         general_cfg = load_config(args.config, ["model.attention.score=general"])
         log.info("training with the general score, as fairseq's lstm ...")
@@ -386,17 +386,18 @@ def main() -> None:
         general = Alongside(training, model, general_cfg, prepared, test,
                             {"train": trained["tgt_tokens_per_s"],
                              "beam5": result["general"]["beam5"]["sentences_per_s"]}, args)
-        run_beside("fairseq", general, data, args, prepared, test, cfg, result)
+        run_beside("fairseq", general, data, args, result)
     finish(result, args.out)
 
 
 def run_beside(kind: str, ours: Alongside, data: Path, args: argparse.Namespace,
-               prepared: Prepared, test: Pairs, cfg: Config, result: dict) -> None:
-    """Runs peer `kind`, then measures nmt again (`Alongside`); adds both to result["peers"]."""
+               result: dict) -> None:
+    """Runs peer `kind` on the pieces in `data`, then measures nmt again (`ours`); adds both
+    to result["peers"]."""
     log.info("peer %s: %d updates and translation ...", kind, args.warmup + args.updates)
     try:
         peer = run_peer(kind, data, args.out.parent / kind, args.warmup + args.updates,
-                        prepared, test, cfg.data.max_pieces)
+                        ours.prepared, ours.test, ours.cfg.data.max_pieces)
     except RuntimeError as err:  # the other figures still count
         log.error("%s", err)
         return
