@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import re
+import stat
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,22 +123,26 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"  # run name: runs/<name>/
+    name: str = "run"  # run folder runs/<name>/: 1-100 letters, digits, . _ - (no leading . or -)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
-# Ranges checked after types: (path, predicate, expectation).
-_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a folder name, never a path
+
+# Ranges, checked on the values whose type was right: (path, predicate, expectation).
+_RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("name", lambda v: _RUN_NAME.fullmatch(v) is not None,
+     "a plain run name (letters, digits, '.', '_', '-'; no path)"),
     ("data.min_words", lambda v: v >= 1, ">= 1"),
     ("data.max_words", lambda v: v >= 1, ">= 1"),
     ("data.max_ratio", lambda v: v >= 1, ">= 1"),
     ("data.max_chars", lambda v: v >= 1, ">= 1"),
     ("data.valid_size", lambda v: v >= 1, ">= 1"),
     ("data.test_size", lambda v: v >= 1, ">= 1"),
-    ("data.vocab_size", lambda v: v >= 16, ">= 16"),
+    ("data.vocab_size", lambda v: 16 <= v <= 1_000_000, "in [16, 1000000]"),
     ("data.character_coverage", lambda v: 0.9 <= v <= 1, "in [0.9, 1]"),
     ("data.max_pieces", lambda v: v >= 2, ">= 2"),
     ("model.emb_size", lambda v: v >= 1, ">= 1"),
@@ -167,52 +175,86 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
     ("train.accumulate", lambda v: v >= 1, ">= 1"),
     ("decode.beam", lambda v: v >= 1, ">= 1"),
-    ("decode.length_penalty", lambda v: v >= 0, ">= 0"),
-    ("decode.max_len_ratio", lambda v: v > 0, "> 0"),
-    ("decode.max_len_add", lambda v: v >= 0, ">= 0"),
+    ("decode.length_penalty", lambda v: 0 <= v <= 10, "in [0, 10]"),
+    ("decode.max_len_ratio", lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("decode.max_len_add", lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     ("decode.batch_size", lambda v: v >= 1, ">= 1"),
     ("decode.n_best", lambda v: v >= 1, ">= 1"),
 ]
 
+# Consistency rules, checked last. Each is registered with the keys it reads and is skipped when
+# one of them is broken (see `_Findings`), so that one mistake is reported once.
+_CONSISTENCY: list[tuple[tuple[str, ...], Callable[[Config], Iterator[str]]]] = []
 
-def _consistency(cfg: Config) -> list[str]:
-    problems = []
-    m, d = cfg.model, cfg.data
+
+def _reads(*keys: str) -> Callable:
+    """Registers the decorated function as a consistency rule that reads `keys`."""
+
+    def register(rule: Callable[[Config], Iterator[str]]) -> Callable[[Config], Iterator[str]]:
+        _CONSISTENCY.append((keys, rule))
+        return rule
+
+    return register
+
+
+@_reads("model.tie_embeddings", "model.emb_size", "model.decoder_size")
+def _tied_sizes(cfg: Config) -> Iterator[str]:
+    m = cfg.model
     if m.tie_embeddings and m.emb_size != m.decoder_size:
-        problems.append(
-            f"model.tie_embeddings: needs model.emb_size == model.decoder_size, "
-            f"got {m.emb_size} and {m.decoder_size}"
-        )
-    if m.attention.type == "none" and m.bridge == "zeros":
-        problems.append("model.bridge: attention type 'none' needs 'projection', or the "
-                        "decoder would never see the source")
-    if m.attention.coverage and (m.attention.type, m.attention.score) != ("global", "additive"):
-        problems.append(
-            f"model.attention.coverage: needs type 'global' and score 'additive', got "
-            f"{m.attention.type!r} and {m.attention.score!r}")
+        yield (f"model.tie_embeddings: needs model.emb_size == model.decoder_size, "
+               f"got {m.emb_size} and {m.decoder_size}")
+
+
+@_reads("model.attention.type", "model.bridge")
+def _decoder_sees_source(cfg: Config) -> Iterator[str]:
+    if cfg.model.attention.type == "none" and cfg.model.bridge == "zeros":
+        yield ("model.bridge: attention type 'none' needs 'projection', or the decoder would "
+               "never see the source")
+
+
+@_reads("model.attention.coverage", "model.attention.type", "model.attention.score")
+def _coverage_scorer(cfg: Config) -> Iterator[str]:
+    a = cfg.model.attention
+    if a.coverage and (a.type, a.score) != ("global", "additive"):
+        yield (f"model.attention.coverage: needs type 'global' and score 'additive', got "
+               f"{a.type!r} and {a.score!r}")
+
+
+@_reads("model.attention.type", "model.attention.score", "model.hidden_size",
+        "model.decoder_size")
+def _dot_sizes(cfg: Config) -> Iterator[str]:
+    m = cfg.model
     if (m.attention.type != "none" and m.attention.score == "dot"
             and 2 * m.hidden_size != m.decoder_size):
-        problems.append(
-            f"model.attention.score: 'dot' needs 2 x model.hidden_size == model.decoder_size, "
-            f"got {2 * m.hidden_size} and {m.decoder_size} (use 'general' or 'additive')"
-        )
+        yield (f"model.attention.score: 'dot' needs 2 x model.hidden_size == model.decoder_size, "
+               f"got {2 * m.hidden_size} and {m.decoder_size} (use 'general' or 'additive')")
+
+
+@_reads("data.min_words", "data.max_words")
+def _word_bounds(cfg: Config) -> Iterator[str]:
+    d = cfg.data
     if d.min_words > d.max_words:
-        problems.append(f"data.min_words: {d.min_words} is above data.max_words ({d.max_words})")
-    if cfg.train.batch_tokens < d.max_pieces + 1:
-        problems.append(
-            f"train.batch_tokens: must hold one pair of data.max_pieces ({d.max_pieces}) + 1, "
-            f"got {cfg.train.batch_tokens}"
-        )
+        yield f"data.min_words: {d.min_words} is above data.max_words ({d.max_words})"
+
+
+@_reads("train.batch_tokens", "data.max_pieces")
+def _batch_holds_a_pair(cfg: Config) -> Iterator[str]:
+    if cfg.train.batch_tokens < cfg.data.max_pieces + 1:
+        yield (f"train.batch_tokens: must hold one pair of data.max_pieces "
+               f"({cfg.data.max_pieces}) + 1, got {cfg.train.batch_tokens}")
+
+
+@_reads("decode.n_best", "decode.beam")
+def _n_best_in_beam(cfg: Config) -> Iterator[str]:
     if cfg.decode.n_best > cfg.decode.beam:
-        problems.append(
-            f"decode.n_best: {cfg.decode.n_best} is above decode.beam ({cfg.decode.beam})"
-        )
-    for i, c in enumerate(d.corpora):
+        yield f"decode.n_best: {cfg.decode.n_best} is above decode.beam ({cfg.decode.beam})"
+
+
+@_reads("data.corpora")
+def _text_pairs(cfg: Config) -> Iterator[str]:
+    for i, c in enumerate(cfg.data.corpora):
         if (c.format == "text") != (c.target_path is not None):
-            problems.append(
-                f"data.corpora[{i}].target_path: needed with format 'text' and only then"
-            )
-    return problems
+            yield f"data.corpora[{i}].target_path: needed with format 'text' and only then"
 
 
 def _type_name(tp: Any) -> str:
@@ -230,65 +272,108 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
-    """Checks `value` against the type hint `tp`; returns the converted value or None."""
+_INVALID = object()  # stands for a value that cannot be used; its problem is already recorded
+
+
+class _Findings:
+    """The problems found so far, and the broken paths: keys whose value could not be used (wrong
+    type, not finite, out of range, a required key missing). The Config is built with defaults in
+    their place, and the checks that come later skip them instead of reporting a second problem
+    about a value nobody gave."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.broken: set[str] = set()
+
+    def reject(self, path: str, problem: str) -> Any:
+        """Records `path: problem` and marks `path` broken; returns _INVALID."""
+        self.problems.append(f"{path}: {problem}")
+        self.broken.add(path)
+        return _INVALID
+
+    def touches_broken(self, path: str) -> bool:
+        """Whether `path`, a key inside it (`data.corpora[1]`) or a section around it is broken."""
+
+        def inside(key: str, outer: str) -> bool:
+            return key.startswith(outer + ".") or key.startswith(outer + "[")
+
+        return any(b == path or inside(b, path) or inside(path, b) for b in self.broken)
+
+
+def _convert(value: Any, tp: Any, path: str, found: _Findings) -> Any:
+    """Checks `value` against the type hint `tp`; returns the converted value, or _INVALID.
+
+    A list of any length keeps its usable items; a fixed-length one is unusable if one item is."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, problems)
+        return _build(tp, value, path, found)
     if origin is Literal:
         if value in args and isinstance(value, str):
             return value
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        return None
+        return found.reject(path, f"expected {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], path, problems)
+        return _convert(value, inner[0], path, found)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{path}: expected a list, got {value!r}")
-            return None
+            return found.reject(path, f"expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            items = [_convert(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
-            return tuple(items)
+            items = [_convert(v, args[0], f"{path}[{i}]", found) for i, v in enumerate(value)]
+            return tuple(x for x in items if x is not _INVALID)
         if len(value) != len(args):
-            problems.append(f"{path}: expected a list of {len(args)} items, got {value!r}")
-            return None
-        return tuple(_convert(v, a, f"{path}[{i}]", problems) for i, (v, a) in
-                     enumerate(zip(value, args)))
+            return found.reject(path, f"expected a list of {len(args)} items, got {value!r}")
+        items = [_convert(v, a, f"{path}[{i}]", found) for i, (v, a) in
+                 enumerate(zip(value, args))]
+        if any(x is _INVALID for x in items):
+            found.broken.add(path)
+            return _INVALID
+        return tuple(items)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            return found.reject(path, f"expected a finite number, got {number}")
+        return number
     if tp in (int, str, bool) and type(value) is tp:
         return value
-    problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    return None
+    return found.reject(path, f"expected {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+def _build(cls: type, raw: Any, path: str, found: _Findings) -> Any:
+    """Builds dataclass `cls` from a mapping: a field whose value cannot be used keeps its
+    default; without a usable value for a required field the object is left out (_INVALID)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(f"{path or 'config'}: expected a mapping, got {raw!r}")
-        return None
+        return found.reject(path or "config", f"expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     for key in raw:
         if key not in names:
-            problems.append(
+            found.problems.append(
                 f"{path + '.' if path else ''}{key}: unknown key "
                 f"(valid: {', '.join(sorted(names))})"
             )
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         sub = f"{path}.{f.name}" if path else f.name
         if f.name in raw:
-            kwargs[f.name] = _convert(raw[f.name], hints[f.name], sub, problems)
+            value = _convert(raw[f.name], hints[f.name], sub, found)
+            if value is not _INVALID:
+                kwargs[f.name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{sub}: required key is missing")
-    if problems:
-        return None
+            found.reject(sub, "required key is missing")
+    required = [f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if any(name not in kwargs for name in required):
+        found.broken.add(path)
+        return _INVALID
     return cls(**kwargs)
 
 
@@ -299,18 +384,23 @@ def _get(cfg: Any, path: str) -> Any:
 
 
 def from_dict(raw: Any, source: str | None = None) -> Config:
-    """Builds and validates a `Config` from plain data; raises `ConfigError` with all problems."""
-    problems: list[str] = []
-    cfg = _build(Config, raw, "", problems)
-    if cfg is None:
-        raise ConfigError(problems, source)
+    """Builds and validates a `Config` from plain data; raises `ConfigError` with all problems.
+
+    Types are checked first, then ranges, then consistency; a value of the wrong type or out of
+    range is reported once, and the checks that read it are skipped."""
+    found = _Findings()
+    cfg = _build(Config, raw, "", found)
+    if cfg is _INVALID:
+        raise ConfigError(found.problems, source)
     for path, ok, expected in _RANGES:
         value = _get(cfg, path)
-        if not ok(value):
-            problems.append(f"{path}: expected {expected}, got {value!r}")
-    problems += _consistency(cfg)
-    if problems:
-        raise ConfigError(problems, source)
+        if not found.touches_broken(path) and not ok(value):
+            found.reject(path, f"expected {expected}, got {value!r}")
+    for keys, rule in _CONSISTENCY:
+        if not any(found.touches_broken(key) for key in keys):
+            found.problems.extend(rule(cfg))
+    if found.problems:
+        raise ConfigError(found.problems, source)
     return cfg
 
 
@@ -327,6 +417,27 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only) with the floats of YAML 1.2: `1e-4`, `5E+3`,
+    `-2.5e-3`, `.5`, `1.`, `.inf`, `-.inf` and `.nan` are numbers, where YAML 1.1 reads `1e-4` as
+    a string. A float needs a '.' or an exponent, so integers stay integers."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9]+[eE][-+]?[0-9]+
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=0.0005` -> (['train', 'lr'], 0.0005); values are parsed as YAML scalars/lists."""
     key, sep, value = text.partition("=")
@@ -334,7 +445,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=0.0005"])
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=_YamlLoader) if value.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError([f"--set {text!r}: value is not valid YAML ({err.problem})"]) from None
     return [p.strip() for p in parts], parsed
@@ -358,17 +469,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: Path) -> Any:
-    """Reads a YAML file with the safe loader; errors name the file, line and column."""
+    """Reads a YAML file with the safe loader (YAML 1.2 floats); errors name the file, line and
+    column."""
     if not path.exists():
         raise ConfigError(["file not found (expected a YAML config)"], str(path))
     if path.is_dir():
         raise ConfigError(["is a directory (expected a YAML config file)"], str(path))
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read, a device too
+        raise ConfigError(["not a regular file (expected a YAML config file)"], str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError([f"cannot read: {err}"], str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -384,7 +498,25 @@ def load_config(path: Path | str, overrides: list[str] = ()) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping of sections, got {type(raw).__name__}"], str(path))
-    return from_dict(apply_overrides(raw, list(overrides)), str(path))
+    raw = apply_overrides(raw, list(overrides))
+    problems = _empty_corpora(raw)
+    try:
+        cfg = from_dict(raw, str(path))
+    except ConfigError as err:
+        raise ConfigError(err.problems + problems, str(path)) from None
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg
+
+
+def _empty_corpora(raw: dict) -> list[str]:
+    """`data.corpora: []` written in a config file leaves nothing to train on. Checked here and
+    not in `from_dict`: the default `()` (key absent, as in a config used only to translate) is
+    fine, and `to_dict` writes it as `[]`, which `from_dict` must read back."""
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("corpora") == []:
+        return ["data.corpora: expected at least one corpus, got []"]
+    return []
 
 
 def data_dir(cfg: DataConfig) -> Path:
