@@ -147,11 +147,6 @@ def train_cmd(
     from nmt.errors import UsageError
     from nmt.train import resume_config, train
 
-    if nproc > 1:
-        from nmt.training.distributed import launch
-
-        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
-
     overrides = list(set_ or [])
     if device is not None:
         overrides.append(f"train.device={device}")
@@ -167,6 +162,10 @@ def train_cmd(
         raise UsageError("give --config CONFIG (or --resume RUN_DIR)")
     else:
         cfg = load_config(config, overrides)
+    if nproc > 1:  # the config is checked once, here; each process reads it again
+        from nmt.training.distributed import launch
+
+        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     run_dir = train(cfg, runs_dir, resume, overwrite)
     typer.echo(str(run_dir))
 

@@ -134,6 +134,9 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
              batching_line(trainer.data, t.batch_tokens, t.seed), d.world * t.accumulate)
     with _signals(trainer):
         trainer.run()
+    distributed.barrier(d)  # rank 0 has written its files: no process leaves before the others
+    if trainer.stop_signal is not None and not d.main:
+        raise SystemExit(128 + trainer.stop_signal)  # rank 0 tells the user
     if trainer.stop_signal is not None:
         raise Interrupted(trainer.stop_signal, f"interrupted at step {trainer.progress.step}; "
                           f"saved {run_dir / 'last.pt'} (continue with --resume {run_dir})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,20 @@ def tiny_train_command(tmp: Path, runs: Path, *extra: str) -> list[str]:
             "--set", "train.valid_max_sentences=4", "--set", "train.threads=1",
             "--set", f"data.dir={ROOT}", "--set", f"data.prepared_dir={tmp / 'prepared'}",
             *extra]
+
+
+def wait_for(path: Path, text: str, proc, timeout: float = 120) -> None:
+    """Waits until `path` contains `text`; fails the test if `proc` ends first or the deadline
+    passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {path.name} "
+                        f"said {text!r}")
+        time.sleep(0.05)
+    pytest.fail(f"{path.name} did not say {text!r} within {timeout:g} s")
 
 
 def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,

@@ -15,21 +15,13 @@ import torch
 
 from nmt.training import checkpoint
 
-from conftest import tiny_train_command
+from conftest import tiny_train_command, wait_for
 
 STEPS = 100  # long enough that a kill within 1.5 s of step 10 lands mid-run
 
 
 def command(tmp: Path, runs: Path, *extra: str) -> list[str]:
     return tiny_train_command(tmp, runs, "--set", f"train.max_steps={STEPS}", *extra)
-
-
-def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.05)
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:

@@ -8,14 +8,20 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `init` joins the process group (g
 nccl on CUDA). Every rank builds the same batch list (same seed and epoch); an update takes the
 next world x accumulate batches, and rank r computes batches r, r + world, ... of them. Losses
 are scaled so that DDP's gradient average equals the gradient of one single-process update over
-all of those batches. Only rank 0 validates, logs and writes files.
+all of those batches.
+
+DDP averages gradients, not parameters, so the copies stay one model only while every rank takes
+the same steps: every decision that changes training (learning rate, stopping, best checkpoint)
+is taken once, by rank 0, and shared (`from_main`), and at each validation the ranks compare
+digests of their parameters (`digest`, `gather`). Only rank 0 validates, logs and writes files;
+each rank's random-number state is saved as its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +75,24 @@ def from_main(d: Dist, value: object) -> object:
     return box[0]
 
 
+def gather(d: Dist, value: object) -> list:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not d.enabled:
+        return [value]
+    out: list = [None] * d.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a state dict's exact bytes (names in order): equal digests, equal tensors."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def sum_all(d: Dist, value: torch.Tensor) -> torch.Tensor:
     """The sum over ranks of a tensor (in place)."""
     if d.enabled:
@@ -96,9 +120,29 @@ def wrap(loss: TrainingLoss, d: Dist, device: torch.device) -> nn.Module:
     return DistributedDataParallel(loss, device_ids=ids)
 
 
+_LAUNCHER_LOGGERS = ("torch.distributed.elastic", "torch.distributed.run",
+                     "torch.distributed.launcher")
+
+
 def launch(nproc: int, args: list[str]) -> int:
-    """Runs `nmt <args>` in `nproc` processes on this machine with torchrun; returns its exit
-    code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "nmt", *args]
-    return subprocess.call(cmd)
+    """Runs `nmt <args>` in `nproc` processes on this machine, as torchrun does; returns the exit
+    code of the first process that failed (each has printed its own one-line error), else 0."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):  # the launcher's notices
+        if name.startswith(_LAUNCHER_LOGGERS) and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its notice
+    options = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "nmt", *args])
+    try:
+        run(options)
+    except SignalException as err:  # Ctrl-C or SIGTERM: passed on to the processes, which save
+        return 128 + int(err.sigval)
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        code = failure.exitcode
+        return code if code > 0 else 128 - code  # killed by signal N: 128 + N
+    return 0

@@ -2,8 +2,12 @@
 function and a run directory, and loops. Nothing here knows about configs files or attention.
 
 Everything a run needs to continue bit-for-bit lives in `last.pt`: weights, optimizer, schedule,
-`Progress` (step, epoch, position in the epoch's batch order, best scores) and the RNG state; the
-batch order itself is a pure function of (seed, epoch).
+`Progress` (step, epoch, position in the epoch's batch order, best scores) and every rank's RNG
+state; the batch order itself is a pure function of (seed, epoch).
+
+Under several processes, rank 0 alone validates and decides (learning rate, stopping, best
+checkpoint); its schedule and `Progress` are then shared with every rank, so all ranks keep
+stepping one model (see nmt.training.distributed).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +29,7 @@ from nmt.config import TrainConfig
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training import checkpoint, distributed
+from nmt.training import checkpoint, distributed, rng
 from nmt.training.precision import Precision
 from nmt.training.schedule import Schedule
 
@@ -74,34 +77,71 @@ class Trainer:
         self.progress = Progress()
         self.stop_signal: int | None = None  # set by a signal handler
         self._bad_in_row = 0  # non-finite losses in a row
+        self._last_score: float | None = None  # of the latest validation (rank 0)
         self._start = time.perf_counter()  # reset by run(), net of earlier runs' time
         self._widths = data.widths
 
     # -- state -----------------------------------------------------------------------------
     def resume_state(self) -> dict:
+        """Everything but the weights that a resumed run needs; collective under several
+        processes (every rank's random state is gathered)."""
         return {"optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "progress": asdict(self.progress),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                "rng": distributed.gather(self.dist, rng.capture(self.device)),
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None}
 
     def load_resume_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(states) == self.dist.world:
+            rng.restore(states[self.dist.rank], self.device)
+        else:  # the random streams cannot continue: new ones, still distinct per rank
+            if self.dist.main:
+                log.warning("saved by %d process(es), resumed by %d: dropout noise is drawn "
+                            "anew, so the run will not repeat an uninterrupted one",
+                            len(states), self.dist.world)
+            torch.manual_seed(self.s.seed * 1000 + self.dist.rank + 7919 * self.progress.step)
         if self.precision.scaler and state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
 
-    def _save(self, name: str, resume: bool, score: float | None = None) -> Path:
+    def _save(self, name: str, score: float | None = None, resume: dict | None = None) -> Path:
         path = self.run_dir / name
         data = {**self.saved, "model": self.model.state_dict(), "step": self.progress.step,
                 "score": score}
-        if resume:
-            data["resume"] = self.resume_state()
+        if resume is not None:
+            data["resume"] = resume
         checkpoint.save(path, data)
         return path
+
+    def _save_last(self, score: float | None = None) -> None:
+        """Writes last.pt (rank 0); every rank must call it, as it gathers their states."""
+        resume = self.resume_state()
+        if self.dist.main:
+            self._save("last.pt", score, resume)
+
+    def _follow_main(self) -> None:
+        """Rank 0's schedule and progress on every rank: its decisions become everyone's."""
+        if not self.dist.enabled:
+            return
+        schedule, progress = distributed.from_main(
+            self.dist, (self.schedule.state_dict(), asdict(self.progress)))
+        self.schedule.load_state_dict(schedule)
+        for key, value in progress.items():
+            setattr(self.progress, key, value)
+
+    def _check_replicas(self) -> None:
+        """Every rank must hold the same parameters; logs their digests, raises if they differ."""
+        if not self.dist.enabled:
+            return
+        digests = distributed.gather(self.dist, distributed.digest(self.model.state_dict()))
+        if len(set(digests)) > 1:
+            raise TrainingError(f"the {self.dist.world} processes hold different parameters at "
+                                f"step {self.progress.step} (digests {', '.join(digests)})")
+        log.info("step %d: the %d processes hold identical parameters (digest %s)",
+                 self.progress.step, self.dist.world, digests[0])
 
     # -- loop ------------------------------------------------------------------------------
     def run(self) -> Progress:
@@ -111,7 +151,7 @@ class Trainer:
         self._start = time.perf_counter() - p.seconds
         window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
         group = self.dist.world * s.accumulate  # batches per update, over all ranks
-        reason = None
+        reason = self._stop_reason()  # a resumed run may have nothing left to do
         while reason is None:
             batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
             while p.batch < len(batches) and reason is None:
@@ -125,18 +165,19 @@ class Trainer:
                 bar.update()
                 if main and p.step % s.log_every == 0:
                     self._log(bar, window, lr)
-                if main and p.step % s.valid_every == 0:
+                if p.step % s.valid_every == 0:
                     self._validate(window, lr)
-                reason = distributed.from_main(self.dist, self._stop_reason())
+                reason, self.stop_signal = distributed.from_main(
+                    self.dist, (self._stop_reason(), self.stop_signal))
             if p.batch >= len(batches) and reason is None:
                 p.epoch, p.batch = p.epoch + 1, 0
                 if s.max_epochs and p.epoch >= s.max_epochs:
                     reason = f"{p.epoch} epochs done"
         bar.close()
-        if main and self.stop_signal is None and p.last_valid_step != p.step:
+        if self.stop_signal is None and p.last_valid_step != p.step:
             self._validate(window, self.schedule.lr_at(p.step))
-        elif main and self.stop_signal is not None:
-            self._save("last.pt", resume=True)
+        elif self.stop_signal is not None:
+            self._save_last()
         if main:
             log.info("stopped: %s (step %d, best %s at step %d)", reason, p.step,
                      _fmt(p.best_score), p.best_step)
@@ -210,6 +251,15 @@ class Trainer:
         window["time"], window["tgt"] = time.perf_counter(), self.progress.tgt_tokens
 
     def _validate(self, window: dict, lr: float) -> None:
+        """Validates and decides on rank 0, shares the decisions, checks that the ranks hold
+        one model and saves; every rank calls it."""
+        if self.dist.main:
+            self._validate_main(window, lr)
+        self._follow_main()
+        self._check_replicas()
+        self._save_last(self._last_score)
+
+    def _validate_main(self, window: dict, lr: float) -> None:
         p, s = self.progress, self.s
         began = time.perf_counter()
         v = self.validate()
@@ -237,11 +287,11 @@ class Trainer:
                  row["valid_ppl"], v.bleu, v.chrf, " (best)" if improved else "")
         window["loss"], window["tokens"] = 0.0, 0
         if improved:
-            path = self._save(f"step-{p.step}.pt", resume=False, score=score)
+            path = self._save(f"step-{p.step}.pt", score)
             p.kept = [list(x) for x in checkpoint.rotate(
                 self.run_dir, [tuple(x) for x in p.kept] + [(score, p.step)], s.keep_best)]
             checkpoint.set_best(self.run_dir, path)
-        self._save("last.pt", resume=True, score=score)
+        self._last_score = score
 
     def _append_metrics(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"
