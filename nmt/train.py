@@ -11,12 +11,14 @@ import logging
 import random
 import shutil
 import signal
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from nmt import lock
 from nmt.config import Config, TrainConfig, from_dict, to_dict
 from nmt.data.batching import Dataset
 from nmt.data.prepare import Prepared, prepare
@@ -47,14 +49,26 @@ def build_optimizer(t: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim
                                t.decay_patience, t.min_lr)
 
 
-def _new_run_dir(cfg: Config, runs_dir: Path, overwrite: bool) -> Path:
+LOCK = ".lock"  # in the run directory while a process trains it
+
+
+def _new_run_dir(cfg: Config, runs_dir: Path, overwrite: bool, stack: ExitStack) -> Path:
+    """runs_dir/name, empty, locked for this process until `stack` closes."""
     run_dir = runs_dir / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    started = {LOCK, "train.log"}  # all that a start which failed before training leaves
+    if run_dir.exists() and any(p.name not in started for p in run_dir.iterdir()) \
+            and not overwrite:
         raise UsageError(f"{run_dir} already exists: use --resume {run_dir} to continue it, "
                          f"--overwrite to start again, or another name (--set name=...)")
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(lock.hold(run_dir / LOCK, str(run_dir)))
+    for path in run_dir.iterdir():  # --overwrite: only once the run is ours
+        if path.name == LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     return run_dir
 
 
@@ -86,15 +100,20 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
         torch.set_num_threads(cfg.train.threads)
     distributed.init(d, device)
     try:
-        return _train(cfg, runs_dir, resume, overwrite, d, device)
+        with ExitStack() as stack:
+            return _train(cfg, runs_dir, resume, overwrite, d, device, stack)
     finally:
         distributed.shutdown(d)
 
 
 def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
-           d: distributed.Dist, device: torch.device) -> Path:
+           d: distributed.Dist, device: torch.device, stack: ExitStack) -> Path:
     if d.main:
-        run_dir = resume if resume else _new_run_dir(cfg, runs_dir, overwrite)
+        if resume:
+            run_dir = resume
+            stack.enter_context(lock.hold(run_dir / LOCK, str(run_dir)))
+        else:
+            run_dir = _new_run_dir(cfg, runs_dir, overwrite, stack)
         _log_to_file(run_dir / "train.log")
         prepared = prepare(cfg.data)
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nmt import lock
 from nmt.config import DataConfig, data_dir
 from nmt.data.corpus import (
     Cleaner,
@@ -34,7 +35,7 @@ from nmt.data.corpus import (
     split_key,
 )
 from nmt.data.tokenizer import Tokenizer, chunks, train_model
-from nmt.errors import DataError
+from nmt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
             raise DataError(f"{missing[0]}: corpus file not found (run `nmt data download NAME`, "
                             f"or set NMT_DATA_DIR to the folder that holds it)")
         corpora.append((spec, paths))
+    if not cfg.corpora:
+        raise ConfigError(["data.corpora: expected at least one corpus, got []"])
     if not corpora:
-        raise DataError("data.corpora: no corpus to read (list at least one file)")
+        raise DataError("data.corpora: every corpus is optional and none was found")
     return corpora, [Path(p) for p in cfg.exclude]
 
 
@@ -112,8 +115,8 @@ def cache_key(cfg: DataConfig) -> str:
     for path in [p for _, paths in corpora for p in paths] + protected:
         if path.is_dir():
             raise DataError(f"{path}: is a directory, expected a corpus file")
-        if not path.is_file():
-            raise DataError(f"{path}: not found or not a file")
+        if not path.is_file():  # a FIFO or a device: it could not be read twice, or never ends
+            raise DataError(f"{path}: not a regular file, expected a corpus file")
         h.update(_file_digest(path).encode())
     return h.hexdigest()[:16]
 
@@ -135,15 +138,21 @@ def _load_manifest(path: Path, key: str) -> Summary | None:
 
 
 def prepare(cfg: DataConfig, progress: bool = True) -> Prepared:
-    """Prepares (or reuses the cached) dataset for `cfg`."""
+    """Prepares (or reuses the cached) dataset for `cfg`. One process at a time works on a
+    cache entry; another waits for it, then finds the entry ready."""
     key = cache_key(cfg)
+    Path(cfg.prepared_dir).mkdir(parents=True, exist_ok=True)
     out = Path(cfg.prepared_dir) / key
+    with lock.hold(Path(cfg.prepared_dir) / f".{key}.lock", f"prepared data {out}", wait=True):
+        return _prepare(cfg, key, out, progress)
+
+
+def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     summary = _load_manifest(out, key) if out.exists() else None
     if summary is not None:
         summary.cached = True
         log.info("using cached prepared data %s", out)
         return Prepared(out, summary)
-    Path(cfg.prepared_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cfg.prepared_dir))
     try:
         summary = _build(cfg, work, progress)
