@@ -10,11 +10,35 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from nmt import __version__
 from nmt.errors import NmtError, UsageError
 
+# The parser's own error (an unknown option, a value out of its range), whatever click it uses.
+_ParserError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """A wrong option or argument is one line on stderr and exit 2, like every other error."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ParserError as err:
+            if err.format_message():  # (none: `nmt` alone, which has shown the help)
+                typer.echo(f"error: {err.format_message()} (see --help)", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Train, run and score attention-based neural machine translation models.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -65,8 +89,21 @@ def handle_errors(fn):
             where = f"{err.filename}: " if err.filename else ""
             typer.echo(f"error: {where}{err.strerror or err}", err=True)
             raise typer.Exit(1) from None
+        except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError
+            if _state["verbose"] or not _out_of_memory(err):
+                raise
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            typer.echo(f"error: out of memory ({detail or type(err).__name__}); use smaller "
+                       f"batches (train.batch_tokens, decode.batch_size) or a smaller model",
+                       err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 
 
 def _version(value: bool) -> None:

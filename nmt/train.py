@@ -26,8 +26,10 @@ from nmt.data.report import batching_line
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import make_validator
-from nmt.model.seq2seq import build_model, count_parameters
+from nmt.inference.search import check_beam
+from nmt.model.seq2seq import count_parameters
 from nmt.training import checkpoint, distributed
+from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
 
@@ -123,8 +125,9 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         run_dir = resume if resume else runs_dir / cfg.name
         prepared = prepare(cfg.data, progress=False)
     tok = prepared.tokenizer()
+    check_beam(cfg.decode.beam, tok.tgt_vocab_size, "decode.beam")
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+    model = allocate_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, device)
     if d.enabled:
         torch.manual_seed(cfg.train.seed * 1000 + d.rank)  # own dropout noise per process
     optimizer, schedule = build_optimizer(cfg.train, model)

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from nmt.errors import UsageError
 from nmt.inference.explain import attention_record, explain_lines
 from nmt.inference.translator import Translator
 
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 def run_translate(translator: Translator, lines: list[str] | None, output: Path | None,
                   beam: int | None, n_best: int, attention_dir: Path | None,
                   explain: bool) -> None:
+    if output is not None and output.is_dir():
+        raise UsageError(f"--output {output}: is a directory, expected a file")
+    if attention_dir is not None and attention_dir.exists() and not attention_dir.is_dir():
+        raise UsageError(f"--attention {attention_dir}: exists and is not a folder")
     if lines is None:
         _interactive(translator, beam)
         return

@@ -8,6 +8,9 @@ import errno
 import io
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from nmt.cli import app
 from nmt.data.tokenizer import train_model
 from nmt.training import checkpoint
 
-from conftest import ROOT, TINY_CORPUS
+from conftest import ROOT, TINY_CORPUS, tiny_train_command, wait_for
 
 runner = CliRunner()
 
@@ -122,6 +125,25 @@ def reports(*texts: str) -> Callable[[Path, Path, object], None]:
 def runs_in_a_file(tmp: Path, run: Path) -> list[str]:
     (tmp / "file").write_text("not a folder")
     return ["train", "-c", str(run / "config.yaml"), "--runs-dir", str(tmp / "file" / "runs")]
+
+
+def train_tiny(*extra: str) -> Callable[[Path, Path], list[str]]:
+    """`nmt train` of the tiny config into tmp/runs, with `extra` options."""
+    def args(tmp: Path, run: Path) -> list[str]:
+        config_file = prepare_corpus(tmp, TINY_CORPUS.read_bytes())[-1]
+        return ["train", "-c", config_file, "--runs-dir", str(tmp / "runs"),
+                *[x.format(tmp=tmp) for x in extra]]
+    return args
+
+
+def nothing_outside_runs(tmp: Path, run: Path, result) -> None:
+    assert not (tmp / "escape").exists()
+    assert not (tmp / "runs").exists() or not any((tmp / "runs").iterdir())
+
+
+def translate_with(*options: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, run: ["translate", "--checkpoint", str(run), *options,
+                             "The cat sleeps.", "Where is the station?", "Hello."]
 
 
 CASES = [
@@ -227,6 +249,84 @@ CASES = [
                                                    "--runs-dir", str(t), "--device", "cuda"],
              2, "no CUDA GPU")]),
     Case("env/unwritable-runs-dir", runs_in_a_file, 1, "Not a directory"),
+    # --- names and paths: a run name is a name; outputs must be what they are said to be
+    *[Case(f"names/run-name-{label}", train_tiny("--set", f"name={name}"), 2,
+           "name: expected a plain run name", nothing_outside_runs)
+      for label, name in (("dotdot", "../escape"), ("slash", "a/b"), ("hidden", ".x"),
+                          ("absolute", "{tmp}/escape"))],
+    Case("names/resume-nowhere", lambda t, r: ["train", "--resume", str(t / "nowhere")],
+         2, "no last.pt there"),
+    Case("names/output-is-a-directory",
+         lambda t, r: ["translate", "--checkpoint", str(r), "-o", str(t), "Hi."],
+         2, "is a directory, expected a file"),
+    Case("names/attention-is-a-file",
+         lambda t, r: (t / "f").write_text("x") and
+         ["translate", "--checkpoint", str(r), "--attention", str(t / "f"), "Hi."],
+         2, "exists and is not a folder"),
+    Case("names/input-is-a-directory",
+         lambda t, r: ["translate", "--checkpoint", str(r), "--input", str(t)],
+         1, "is a directory, expected a text file"),
+    # --- non-regular files: a FIFO would block, a device never end
+    Case("files/config-fifo", lambda t, r: os.mkfifo(t / "c.yaml") or
+         ["data", "prepare", "-c", str(t / "c.yaml")], 2, "not a regular file"),
+    Case("files/corpus-fifo", lambda t, r: os.mkfifo(t / "corpus.tsv") or
+         prepare_corpus(t, None), 1, "corpus.tsv: not a regular file"),
+    Case("files/corpus-device", lambda t, r: prepare_corpus(t, None, name="/dev/zero"),
+         1, "/dev/zero: not a regular file"),
+    Case("files/corpus-symlink-loop", lambda t, r: os.symlink("corpus.tsv", t / "corpus.tsv")
+         or prepare_corpus(t, None), 1, "corpus file not found"),
+    Case("files/checkpoint-fifo", lambda t, r: os.mkfifo(t / "c.pt") or
+         ["translate", "--checkpoint", str(t / "c.pt"), "Hi."], 1, "c.pt: not a regular file"),
+    Case("files/checkpoint-device",
+         lambda t, r: ["translate", "--checkpoint", "/dev/zero", "Hi."], 1, "not a regular"),
+    Case("files/input-device",
+         lambda t, r: ["translate", "--checkpoint", str(r), "--input", "/dev/zero"],
+         1, "not a regular file or pipe"),
+    # --- numbers: every float finite, every size allocatable
+    Case("numbers/lr-inf", prepare_with("train:\n  lr: .inf\n"),
+         2, "train.lr: expected a finite number"),
+    Case("numbers/betas-nan", prepare_with("train:\n  betas: [0.9, .nan]\n"),
+         2, "train.betas[1]: expected a finite number"),
+    Case("numbers/set-minus-inf", prepare_with("{}\n", "--set", "model.dropout=-.inf"),
+         2, "model.dropout: expected a finite number"),
+    Case("numbers/scientific-notation",
+         lambda t, r: prepare_corpus(t, TINY_CORPUS.read_bytes()) + ["--set", "train.lr=1e-4"],
+         0, ""),
+    Case("numbers/length-penalty-inf",
+         lambda t, r: ["translate", "--checkpoint", str(r), "--length-penalty", "inf", "Hi."],
+         2, "decode.length_penalty: expected a finite number"),
+    Case("numbers/max-len-ratio-inf",
+         lambda t, r: ["translate", "--checkpoint", str(r), "--max-len-ratio", "inf", "Hi."],
+         2, "decode.max_len_ratio: expected a finite number"),
+    Case("numbers/vocab-size-huge", prepare_with("data:\n  vocab_size: 1000000000000\n"),
+         2, "data.vocab_size: expected in [16, 1000000]"),
+    Case("numbers/model-too-large",
+         train_tiny("--set", "model.hidden_size=100000", "--set", "model.decoder_size=200000"),
+         1, "needs at least"),
+    Case("numbers/beam-beyond-int64",
+         lambda t, r: ["translate", "--checkpoint", str(r), "--beam", "9" * 25, "Hi."], 2, ""),
+    # --- search options at their extremes: refused beyond what the vocabulary allows, handled
+    # up to it (the trained run's target vocabulary has 115 pieces: beams up to 57)
+    Case("search/beam-wider-than-vocabulary", translate_with("--beam", "58"), 2,
+         "is wider than this model's 115-piece target vocabulary allows (at most 57)"),
+    Case("search/beam-a-trillion", translate_with("--beam", str(10**12)), 2, "is wider"),
+    Case("search/decode-beam-in-config", train_tiny("--set", "decode.beam=500"), 2,
+         "decode.beam: 500 is wider"),
+    Case("search/widest-beam", translate_with("--beam", "57", "--n-best", "57"), 0, "",
+         output_lines(3 * 57)),
+    Case("search/n-best-above-beam", translate_with("--beam", "2", "--n-best", "3"),
+         2, "--n-best 3 needs --beam of at least 3"),
+    Case("search/tiny-length-ratio", translate_with("--max-len-ratio", "0.01"), 0, "",
+         output_lines(3)),
+    Case("search/no-length-penalty", translate_with("--length-penalty", "0"), 0, "",
+         output_lines(3)),
+    Case("search/largest-length-penalty", translate_with("--length-penalty", "10"), 0, "",
+         output_lines(3)),
+    Case("search/length-penalty-too-large", translate_with("--length-penalty", "1e6"), 2,
+         "decode.length_penalty: expected in [0, 10]"),
+    Case("search/largest-length-ratio", translate_with("--max-len-ratio", "100"), 0, "",
+         output_lines(3)),
+    Case("search/batch-of-one", translate_with("--batch-size", "1"), 0, "", output_lines(3)),
 ]
 
 
@@ -272,3 +372,62 @@ def test_full_disk_while_training_keeps_earlier_checkpoints(trained_run, tmp_pat
 def test_verbose_shows_the_traceback(tmp_path):
     result = runner.invoke(app, ["--verbose", "data", "prepare", "-c", str(tmp_path / "x.yaml")])
     assert result.exit_code != 0 and result.exception is not None
+
+
+# --- concurrent use of one run directory or prepared-data cache (real processes)
+
+def test_a_run_in_training_is_locked_and_a_stale_lock_is_taken_over(tmp_path):
+    """A second `nmt train` into a run directory that a live process trains is refused, with
+    --overwrite or --resume alike, and the run is left intact; once its owner is killed, the
+    lock it left is stale and --resume takes it over."""
+    runs = tmp_path / "runs"
+    run = runs / "tiny"
+    owner = subprocess.Popen(tiny_train_command(tmp_path, runs, "--set", "train.max_steps=100000"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(run / "train.log", "validation at step 10", owner)
+        for args in (tiny_train_command(tmp_path, runs, "--overwrite"),
+                     [sys.executable, "-m", "nmt", "train", "--resume", str(run)]):
+            second = subprocess.run(args, capture_output=True, text=True)
+            assert second.returncode == 1, second.stderr
+            last = second.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"error: {run} is in use by process {owner.pid} on "), last
+            assert last.endswith("wait for it to end or stop it"), last
+            assert "Traceback" not in second.stderr
+            assert owner.poll() is None  # the owner trains on
+        assert checkpoint.load(run / "last.pt")["step"] >= 10
+    finally:
+        owner.kill()
+        owner.wait()
+    assert (run / ".lock").exists()  # left behind by the killed owner: stale
+    resumed = subprocess.run([sys.executable, "-m", "nmt", "train", "--resume", str(run),
+                              "--set", "train.max_steps=30"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (run / ".lock").exists()
+
+
+def test_a_prepared_data_cache_being_written_is_waited_for(tmp_path):
+    """`nmt data prepare` waits while another process holds the cache entry's lock, says so,
+    and finishes once it is released."""
+    from nmt.config import load_config
+    from nmt.data.prepare import cache_key
+    from nmt.lock import hold
+
+    args = prepare_corpus(tmp_path, TINY_CORPUS.read_bytes())
+    cfg = load_config(args[-1])
+    (tmp_path / "prepared").mkdir()
+    with hold(tmp_path / "prepared" / f".{cache_key(cfg.data)}.lock", "test"):
+        proc = subprocess.Popen([sys.executable, "-m", "nmt", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "waiting" not in seen:  # the first lines tell; it then blocks
+            line = proc.stderr.readline()
+            assert line, f"ended without waiting: {seen}"
+            seen += line
+        assert f"is in use by process {os.getpid()} on " in seen, seen
+        time.sleep(1.0)
+        assert proc.poll() is None  # still waiting
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    entries = [p.name for p in (tmp_path / "prepared").iterdir()]
+    assert entries == [cache_key(cfg.data)], entries  # one entry, no temporary or lock files

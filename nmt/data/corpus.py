@@ -95,6 +95,8 @@ def read_lines(path: Path) -> list[str]:
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a text file")
+    if not (path.is_file() or path.is_fifo()):  # a device such as /dev/zero never ends
+        raise DataError(f"{path}: not a regular file or pipe, expected a text file")
     lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from nmt.data.tokenizer import BOS, EOS
+from nmt.errors import UsageError
 from nmt.model.deferred import step_loop
 from nmt.model.seq2seq import Seq2Seq
 
@@ -30,6 +31,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.inference_mode()
 @step_loop()  # weights packed once for all steps
+@torch.inference_mode()
 def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
            keep_attention: bool = False, top_k: int = 0) -> list[Hypothesis]:
     """Picks the most likely token at each step; returns one hypothesis per sentence.
@@ -73,6 +75,19 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
 
 @torch.inference_mode()
 @step_loop()
+def widest_beam(vocab: int) -> int:
+    """The widest beam a `vocab`-piece target vocabulary allows: the first step ranks 2 x beam
+    candidates among the vocabulary's pieces."""
+    return max(1, vocab // 2)
+
+
+def check_beam(beam: int, vocab: int, name: str = "--beam") -> None:
+    if beam > widest_beam(vocab):
+        raise UsageError(f"{name}: {beam} is wider than this model's {vocab}-piece target "
+                         f"vocabulary allows (at most {widest_beam(vocab)})")
+
+
+@torch.inference_mode()
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
                 keep_attention: bool = False, early_stop: bool = False) -> list[list[Hypothesis]]:

@@ -4,7 +4,7 @@ training data was, batch by length, search, restore the input order, detokenise.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError
-from nmt.inference.search import Hypothesis, beam_search, greedy
+from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
 from nmt.model.deferred import keep_packs, step_loop
 from nmt.model.seq2seq import Seq2Seq, build_model
 from nmt.training import checkpoint
@@ -66,6 +66,7 @@ class Translator:
         """Translates in batches of similar length; output order = input order."""
         self.model.eval()
         beam = beam or self.decode.beam
+        check_beam(beam, self.tokenizer.tgt_vocab_size)
         sources = [normalize(s) for s in sentences]
         ids = self.tokenizer.encode_src(sources)
         for i, x in enumerate(ids):
@@ -79,7 +80,7 @@ class Translator:
                 results[i] = Translation(s, "", 0.0, [Hypothesis([], 0.0)], [])
         todo = [i for i in np.argsort([-len(x) for x in ids], kind="stable") if ids[i]]
         size = self.decode.batch_size
-        with keep_packs():  # packed once for all batches: the weights do not change here
+        with keep_packs(), torch.inference_mode():  # weights packed once for all batches
             for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
                               disable=None if progress else True, leave=False):
                 chunk = todo[start:start + size]
@@ -116,6 +117,7 @@ def load_translator(path: Path | None, device: str = "cpu", **decode) -> Transla
     log.info("using checkpoint %s", resolved)
     translator = Translator.from_checkpoint(resolved, pick_device(device))
     changes = {k: v for k, v in decode.items() if v is not None}
-    if changes:
-        translator.decode = replace(translator.decode, **changes)
+    if changes:  # checked as the config's own decode section is
+        translator.decode = from_dict({"decode": asdict(replace(translator.decode, **changes))},
+                                      "command line").decode
     return translator

@@ -72,6 +72,8 @@ def load(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if not path.is_file():  # a FIFO would block, a device never end
+        raise CheckpointError(f"{path}: not a regular file, expected a checkpoint file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
