@@ -312,7 +312,7 @@ def eval_cmd(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate a test set and score it with sacrebleu (the run's own test split by default)."""
-    from nmt.evaluation.session import metric_names, run_eval
+    from nmt.eval import metric_names, run_eval
 
     if (src is None) != (ref is None):
         raise UsageError("--src and --ref go together")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from nmt import lock
+from nmt import checkpoint, lock
 from nmt.config import Config, TrainConfig, from_dict, to_dict
 from nmt.data.batching import Dataset
 from nmt.data.prepare import Prepared, prepare
@@ -28,7 +28,7 @@ from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import make_validator
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
-from nmt.training import checkpoint, distributed
+from nmt.training import distributed
 from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer

@@ -20,9 +20,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from nmt import checkpoint
 from nmt.cli import app
 from nmt.data.tokenizer import train_model
-from nmt.training import checkpoint
 
 from conftest import ROOT, TINY_CORPUS, tiny_train_command, wait_for
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nmt.training import checkpoint
+from nmt import checkpoint
 
 from conftest import tiny_train_command, wait_for
 

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+from nmt import checkpoint
 from nmt.config import TrainConfig
 from nmt.data.batching import Dataset
 from nmt.errors import UsageError
-from nmt.training import checkpoint, distributed
+from nmt.training import distributed
 from nmt.training.precision import autocast_dtype
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer

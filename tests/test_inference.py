@@ -55,7 +55,7 @@ def test_int8_translates_about_as_well(translator, trained_run, sources):
 def test_version_1_checkpoints_still_translate(trained_run, tmp_path, sources):
     """Version 1 stored the recurrent weights transposed; such checkpoints load, translate the
     same, and say that they cannot be resumed."""
-    from nmt.training import checkpoint
+    from nmt import checkpoint
 
     data = checkpoint.load(trained_run / "last.pt")
     assert "resume" in data

@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nmt import checkpoint
 from nmt.cli import app
 from nmt.errors import NmtError
 from nmt.train import resume_config, train
-from nmt.training import checkpoint
 
 from conftest import ROOT, tiny_config
 

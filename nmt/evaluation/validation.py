@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -15,9 +16,21 @@ from nmt.evaluation.metrics import corpus_scores
 from nmt.inference.translator import Translator
 from nmt.model.deferred import keep_packs
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training.trainer import Validation
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Validation:
+    """One validation's scores: the teacher-forced loss per target token, BLEU and chrF."""
+
+    loss: float
+    bleu: float
+    chrf: float
+
+    def score(self, metric: str) -> float:
+        """The `train.metric` score, higher is better (the loss is negated)."""
+        return -self.loss if metric == "loss" else getattr(self, metric)
 
 
 def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nmt import checkpoint
 from nmt.config import DecodeConfig, from_dict
 from nmt.data.batching import pad_sources
 from nmt.data.corpus import normalize
@@ -20,7 +21,6 @@ from nmt.errors import CheckpointError
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
 from nmt.model.deferred import keep_packs, step_loop
 from nmt.model.seq2seq import Seq2Seq, build_model
-from nmt.training import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,23 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from nmt import checkpoint
 from nmt.config import TrainConfig
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
-from nmt.training import checkpoint, distributed, rng
+from nmt.training import distributed, rng
 from nmt.training.precision import Precision
 from nmt.training.schedule import Schedule
+
+if TYPE_CHECKING:  # made by nmt.evaluation.validation, which sits above training
+    from nmt.evaluation.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +57,6 @@ class Progress:
     valid_seconds: float = 0.0  # of which spent validating
     tgt_tokens: int = 0
     last_valid_step: int = -1
-
-
-@dataclass
-class Validation:
-    loss: float
-    bleu: float
-    chrf: float
-
-    def score(self, metric: str) -> float:
-        return -self.loss if metric == "loss" else getattr(self, metric)
 
 
 class Trainer:

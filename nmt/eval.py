@@ -1,4 +1,5 @@
-"""`nmt eval`: score one or more checkpoints on a test set and print the result."""
+"""`nmt eval`: score one or more checkpoints on a test set and print the result. Only the CLI
+imports this module."""
 
 from __future__ import annotations
 
