@@ -25,9 +25,11 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ _SIGNATURES = {
 
 _library: ctypes.CDLL | None = None
 _tried = False
+_loading = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -59,64 +62,105 @@ def cache_dir() -> Path:
     return Path(base) / "nmt"
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on: the CPU's model and feature flags, where Linux says."""
+# /proc/cpuinfo lines that -march=native depends on: x86 names the model and flags, ARM the
+# implementer, part and features.
+_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture",
+               "CPU variant", "CPU part", "CPU revision")
+
+
+def _cpu_id(cpuinfo: str | None = None) -> str:
+    """What -march=native depends on: the machine and the first CPU's model and features."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    lines = cpuinfo.split("\n\n")[0].splitlines()
+    keep = [line for line in lines if line.startswith(_CPU_FIELDS)]
+    return "\n".join([platform.machine(), platform.processor(), *keep])
+
+
+def _compiler_version(compiler: list[str]) -> str:
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        out = subprocess.run([*compiler, "--version"], capture_output=True, text=True)
     except OSError:
-        return platform.machine() + platform.processor()
-    keep = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(keep[:2])
+        return ""
+    return out.stdout.strip()
 
 
-def _build(compiler: str, target: Path) -> bool:
+def _target(compiler: list[str], extra: list[str]) -> Path:
+    """The cached library of this source, flags, build variant, compiler and CPU."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, *extra, *compiler,
+                                    _compiler_version(compiler), _cpu_id()])
+                         .encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / f"kernels-{key}.so"
+
+
+def _build(compiler: list[str], extra: list[str], target: Path) -> bool:
     """Compiles the library to `target` (atomically: concurrent builds are harmless)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for extra in (OPENMP, []):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode == 0:
-                os.replace(tmp, target)
-                return True
-            log.debug("%s failed: %s", " ".join(cmd), result.stderr.strip())
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return False
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [*compiler, *FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode == 0:
+            os.replace(tmp, target)
+            return True
+        log.debug("%s failed: %s", " ".join(cmd), result.stderr.strip())
+        return False
+    except OSError as err:
+        log.debug("%s failed: %s", " ".join(cmd), err)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _open(target: Path) -> ctypes.CDLL | None:
+    """The library at `target`, or None (a damaged file is removed, to be built again)."""
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as err:
+        log.debug("cannot load %s (%s); rebuilding it", target, err)
+        target.unlink(missing_ok=True)
+        return None
+
+
+def _find_or_build() -> ctypes.CDLL | None:
+    if os.environ.get("NMT_KERNELS", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(cc) if cc else []  # CC may hold a wrapper: "ccache gcc"
+    if not compiler:
+        log.warning("no C compiler found: fused CPU kernels are off, training is slower")
+        return None
+    for extra in (OPENMP, []):  # a one-thread build only where OpenMP cannot be had
+        target = _target(compiler, extra)
+        library = _open(target) if target.exists() else None
+        if library is None and _build(compiler, extra, target):
+            library = _open(target)
+        if library is not None:
+            if not extra:
+                log.warning("compiled the fused CPU kernels without OpenMP: one thread each")
+            log.debug("fused CPU kernels: %s", target)
+            return library
+    log.warning("could not compile %s: fused CPU kernels are off, training is slower", SOURCE)
+    return None
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled library, building it if needed; None where it cannot be built."""
+    """The compiled library, building it if needed; None where it cannot be built. The first
+    call decides, once, for every thread."""
     global _library, _tried
-    if _tried:
-        return _library
-    _tried = True
-    if os.environ.get("NMT_KERNELS", "1") == "0":
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.warning("no C compiler found: fused CPU kernels are off, training is slower")
-        return None
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, compiler, _cpu_id()])
-                         .encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"kernels-{key}.so"
-    try:
-        if not target.exists() and not _build(compiler, target):
-            log.warning("could not compile %s: fused CPU kernels are off, training is slower",
-                        SOURCE)
-            return None
-        library = ctypes.CDLL(str(target))
-    except OSError as e:
-        log.warning("fused CPU kernels are off, training is slower: %s", e)
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        getattr(library, name).argtypes = argtypes
-        getattr(library, name).restype = None
-    log.debug("fused CPU kernels: %s", target)
-    _library = library
+    with _loading:
+        if not _tried:
+            library = _find_or_build()
+            if library is not None:
+                for name, argtypes in _SIGNATURES.items():
+                    getattr(library, name).argtypes = argtypes
+                    getattr(library, name).restype = None
+            _library, _tried = library, True
     return _library
 
 
@@ -204,7 +248,7 @@ class _CrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dloss: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (grad,) = ctx.saved_tensors
-        return grad.mul_(dloss), None, None  # the buffer is this node's alone
+        return grad * dloss, None, None  # never in place: a second backward sees it again
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
@@ -213,6 +257,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) 
     gradient is computed in the same pass, so backward runs once per forward."""
     if target.numel() == 0:
         return logits.sum()  # 0, as F.cross_entropy's sum over no rows
+    if not (torch.is_grad_enabled() and logits.requires_grad):  # no gradient to build
+        return torch.nn.functional.cross_entropy(logits, target, reduction="sum",
+                                                 label_smoothing=eps)
     if not 0 <= int(target.min()) <= int(target.max()) < logits.size(1):
         raise IndexError(f"target out of range for {logits.size(1)} classes")
     return _CrossEntropy.apply(logits, target, eps)
