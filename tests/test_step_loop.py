@@ -66,3 +66,40 @@ def test_deferred_gradient_equals_the_per_step_sum():
         return weight.grad.clone()
 
     assert torch.allclose(run(True), run(False), atol=1e-5)
+
+
+def test_private_operators_are_probed_and_fall_back_to_plain_products(monkeypatch, caplog):
+    """Where torch lacks (or breaks) the oneDNN or int8 operators, the probe says so once and
+    products are the plain, supported ones, with the same results."""
+    from nmt.model import deferred
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operator not available")
+
+    for probe in (deferred.onednn_packing, deferred.int8_products):
+        probe.cache_clear()
+    monkeypatch.setattr(deferred._Packed, "__init__", broken)
+    monkeypatch.setattr(deferred._PackedInt8, "__init__", broken)
+    try:
+        assert not deferred.onednn_packing() and not deferred.int8_products()
+        assert not deferred.onednn_packing()  # asked again: the answer is kept, not re-probed
+        warnings = [r.message for r in caplog.records if "not available" in r.message]
+        assert len(warnings) == 2, warnings
+        torch.manual_seed(3)
+        weight, x = torch.randn(96, 80), torch.randn(5, 80)
+        for int8 in (False, True):
+            with torch.no_grad(), step_loop(int8=int8):
+                assert torch.equal(linear(x, weight), F.linear(x, weight))
+    finally:
+        for probe in (deferred.onednn_packing, deferred.int8_products):
+            probe.cache_clear()
+
+
+def test_the_probes_pass_where_the_operators_work():
+    from nmt.model import deferred
+
+    import platform
+
+    assert deferred.onednn_packing() == torch.backends.mkldnn.is_available()
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert deferred.int8_products()  # fbgemm ships with torch's CPU builds on x86

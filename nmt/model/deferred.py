@@ -35,6 +35,8 @@ sees all the recorded pairs and returns the weight's whole gradient, once.
 
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +45,8 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 MIN_PACKED = 64  # pack weights whose both dimensions are at least this
 T = TypeVar("T")
@@ -55,7 +59,39 @@ def _handled(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _packable(weight: torch.Tensor) -> bool:
-    return min(weight.shape) >= MIN_PACKED and torch.backends.mkldnn.is_available()
+    return min(weight.shape) >= MIN_PACKED and onednn_packing()
+
+
+def _probe(name: str, make: Callable[[torch.Tensor], Callable], tolerance: float) -> bool:
+    """Whether torch's private operators behind `make` exist and compute F.linear on a small
+    case (relative error of the product below `tolerance`); where they do not, says so once
+    and the caller falls back to supported ones."""
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(MIN_PACKED, MIN_PACKED, generator=gen), torch.randn(3, MIN_PACKED,
+                                                                            generator=gen)
+    try:
+        with torch.no_grad():
+            expected = F.linear(x, w)
+            ok = bool((make(w)(x) - expected).norm() <= tolerance * expected.norm())
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        ok = False
+    if not ok:
+        log.warning("%s: not available in this torch %s; using plain products (slower)", name,
+                    torch.__version__)
+    return ok
+
+
+@functools.cache
+def onednn_packing() -> bool:
+    """oneDNN's packed fp32 products (torch.ops.mkldnn, private) work here."""
+    return torch.backends.mkldnn.is_available() and _probe(
+        "oneDNN weight packing", lambda w: _Packed(w, 3), 1e-5)
+
+
+@functools.cache
+def int8_products() -> bool:
+    """fbgemm's dynamic int8 products (torch.ops.quantized, deprecated) work here."""
+    return _probe("8-bit products", _PackedInt8, 0.05)  # 8 bits: about 1% here
 
 
 class _Packed:
@@ -117,7 +153,9 @@ def kept(weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
 
 def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _PackedInt8:
     def make() -> _Packed | _PackedInt8:
-        return _PackedInt8(weight.detach()) if int8 else _Packed(weight.detach(), rows)
+        if int8 and int8_products():
+            return _PackedInt8(weight.detach())
+        return _Packed(weight.detach(), rows)
 
     return kept(weight, "int8" if int8 else "fp32", make) or make()
 
