@@ -370,8 +370,31 @@ def test_full_disk_while_training_keeps_earlier_checkpoints(trained_run, tmp_pat
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-    result = runner.invoke(app, ["--verbose", "data", "prepare", "-c", str(tmp_path / "x.yaml")])
-    assert result.exit_code != 0 and result.exception is not None
+    """With --verbose the error is not turned into a line: the ConfigError itself propagates
+    and Python prints its traceback; without --verbose the same input is exactly one
+    `error:` line, exit 2, no traceback."""
+    from nmt.errors import ConfigError
+
+    missing = tmp_path / "x.yaml"
+    args = ["data", "prepare", "-c", str(missing)]
+    message = f"{missing}: file not found (expected a YAML config)"
+
+    quiet = runner.invoke(app, args)
+    assert quiet.exit_code == 2, (quiet.stdout, quiet.stderr)
+    assert quiet.stderr == f"error: {message}\n"
+    assert quiet.stdout == ""
+
+    verbose = runner.invoke(app, ["--verbose", *args])
+    assert type(verbose.exception) is ConfigError, repr(verbose.exception)
+    assert str(verbose.exception) == message
+    assert "error: " not in verbose.stderr  # not also reported as a line
+
+    # as a user sees it: the traceback on stderr, ending in the ConfigError and its message
+    shown = subprocess.run([sys.executable, "-m", "nmt", "--verbose", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode != 0
+    assert "Traceback (most recent call last):" in shown.stderr, shown.stderr
+    assert shown.stderr.rstrip().splitlines()[-1] == f"nmt.errors.ConfigError: {message}"
 
 
 # --- concurrent use of one run directory or prepared-data cache (real processes)

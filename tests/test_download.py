@@ -1,4 +1,5 @@
-"""Tests for nmt.data.download against a local HTTP server on 127.0.0.1."""
+"""Tests for nmt.data.download against a local HTTP server on 127.0.0.1, and of
+`nmt data download tatoeba` from a local mirror."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ import tarfile
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from nmt.cli import app
 from nmt.data import download as dl
 from nmt.errors import DataError, UsageError
+
+from conftest import ROOT, TINY_CORPUS
+
+runner = CliRunner()
 
 ATTR = "CC-BY 2.0 (France) Attribution: tatoeba.org #{} (alice) & #{} (bruno)"
 PAIRS = [
@@ -86,9 +95,9 @@ def server() -> Iterator[tuple[str, ServerState]]:
         thread.join(timeout=5)
 
 
-def make_zip(members: dict[str, bytes]) -> bytes:
+def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         zf.writestr("_about.txt", "Made-up test sentences.\n")
         for name, data in members.items():
             zf.writestr(name, data)
@@ -122,13 +131,6 @@ def use_source(monkeypatch: pytest.MonkeyPatch, **changes: object) -> dl.Source:
     src = dl.Source(**fields)  # type: ignore[arg-type]
     monkeypatch.setitem(dl.SOURCES, "test", src)
     return src
-
-
-def test_registry_has_tatoeba() -> None:
-    src = dl.SOURCES["tatoeba"]
-    assert src.url == "https://www.manythings.org/anki/por-eng.zip"
-    assert (src.member, src.filename) == ("por.txt", "tatoeba.en-pt.tsv")
-    assert src.sha256 is None and src.size is None
 
 
 def test_plain_download_and_extraction(tmp_path, server, monkeypatch) -> None:
@@ -319,3 +321,138 @@ def test_network_error_is_data_error(tmp_path, server, monkeypatch) -> None:
         dl.download("test", tmp_path, source=f"{url}/missing.zip", progress=False)
     with pytest.raises(DataError, match="run the command again"):
         dl.download("test", tmp_path, source="http://127.0.0.1:1/x.zip", progress=False)
+
+
+# --- `nmt data download tatoeba --from MIRROR`: the registry entry, end to end, offline
+
+
+def download_tatoeba(mirror: Path | None, dest: Path):
+    """`nmt data download tatoeba [--from MIRROR] --dest DEST`, in this process."""
+    source = ["--from", str(mirror)] if mirror is not None else []
+    return runner.invoke(app, ["data", "download", "tatoeba", *source, "--dest", str(dest)])
+
+
+def prepared_texts(tmp: Path, corpus: Path, tag: str) -> dict[str, bytes]:
+    """`nmt data prepare` of configs/tiny.yaml reading only `corpus` (format auto): asserts
+    that every line was read and none skipped; returns the prepared train/valid/test texts."""
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg["data"].update(dir=str(corpus.parent), prepared_dir=str(tmp / f"prepared-{tag}"),
+                       corpora=[{"path": corpus.name}])
+    config = tmp / f"{tag}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["data", "prepare", "-c", str(config)])
+    assert result.exit_code == 0, result.stderr
+    lines = len(corpus.read_bytes().splitlines())
+    assert re.search(rf"^lines read +{lines:,}$", result.stdout, re.M), result.stdout
+    assert "skipped" not in result.stdout, result.stdout
+    where = Path(re.search(r"^prepared data +(\S+)$", result.stdout, re.M)[1])
+    return {p.name: p.read_bytes() for p in sorted(where.glob("*.en")) + sorted(where.glob("*.pt"))}
+
+
+def test_tatoeba_from_a_local_archive_is_a_corpus_that_prepare_reads(tmp_path, monkeypatch):
+    """The registry entry takes por.txt out of an Anki export archive (por-eng.zip, as
+    manythings.org serves it) into data/tatoeba.en-pt.tsv, and `nmt data prepare` reads that
+    file as English-Portuguese pairs, attribution dropped: it prepares exactly the data that
+    the same pairs as a two-column TSV give. A second download finds the file and fetches
+    nothing."""
+    pairs = TINY_CORPUS.read_text(encoding="utf-8").splitlines()
+    anki = "".join(f"{pair}\t{ATTR.format(2 * i + 1, 2 * i + 2)}\n" for i, pair in enumerate(pairs))
+    mirror = tmp_path / "por-eng.zip"
+    mirror.write_bytes(make_zip({"por.txt": anki.encode()}))
+    dest = tmp_path / "data"
+
+    result = download_tatoeba(mirror, dest)
+    assert result.exit_code == 0, result.stderr
+    saved = dest / "tatoeba.en-pt.tsv"
+    assert result.stdout == f"{saved}\n"
+    assert saved.read_bytes() == anki.encode()
+    assert sorted(p.name for p in dest.iterdir()) == ["tatoeba.en-pt.tsv"]
+    assert mirror.exists()  # the user's own archive is kept
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the corpus is present: nothing is to be fetched")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", no_network)
+    again = download_tatoeba(None, dest)  # the registry's own https URL: not used
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == f"{saved}\n" and saved.read_bytes() == anki.encode()
+
+    (tmp_path / "plain").mkdir()
+    plain = tmp_path / "plain" / "pairs.tsv"
+    plain.write_text("".join(f"{pair}\n" for pair in pairs), encoding="utf-8")
+    from_download = prepared_texts(tmp_path, saved, "downloaded")
+    assert set(from_download) == {f"{s}.{lang}" for s in ("train", "valid", "test")
+                                  for lang in ("en", "pt")}
+    assert from_download == prepared_texts(tmp_path, plain, "plain")
+
+
+def register_checksums(monkeypatch: pytest.MonkeyPatch, archive: bytes) -> str:
+    """Gives the tatoeba entry the size and SHA-256 of `archive`; returns the SHA-256."""
+    digest = hashlib.sha256(archive).hexdigest()
+    tatoeba = replace(dl.SOURCES["tatoeba"], size=len(archive), sha256=digest)
+    monkeypatch.setitem(dl.SOURCES, "tatoeba", tatoeba)
+    return digest
+
+
+def one_error_line(stderr: str) -> str:
+    """The one `error:` line that ends stderr (log lines may come before it)."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.strip().endswith(errors[0]), stderr
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+def test_tatoeba_size_and_sha256_take_the_right_archive_and_refuse_others(tmp_path, monkeypatch):
+    """With a size and SHA-256 in the registry, an archive of other bytes (one byte changed,
+    same size; or a byte longer) is refused with one line naming the expected and actual
+    value, exit 1, nothing written to --dest and the mirror left alone; the right archive is
+    then accepted and extracted."""
+    archive = make_zip({"por.txt": CORPUS}, zipfile.ZIP_STORED)
+    digest = register_checksums(monkeypatch, archive)
+    tampered = bytearray(archive)
+    tampered[archive.index(b"Hello.")] = ord("J")  # "Jello.": the zip stays well-formed
+    longer = archive + b"\0"
+    dest = tmp_path / "data"
+    for name, data, says in [
+        ("tampered.zip", bytes(tampered),
+         f"expected SHA-256 {digest}, got {hashlib.sha256(tampered).hexdigest()}"),
+        ("longer.zip", longer, f"expected {len(archive)} bytes, got {len(longer)}"),
+    ]:
+        mirror = tmp_path / name
+        mirror.write_bytes(data)
+        result = download_tatoeba(mirror, dest)
+        assert result.exit_code == 1, (result.stdout, result.stderr)
+        assert one_error_line(result.stderr) == f"error: {mirror}: {says}"
+        assert result.stdout == ""
+        assert list(dest.iterdir()) == []
+        assert mirror.read_bytes() == data
+
+    mirror = tmp_path / "por-eng.zip"
+    mirror.write_bytes(archive)
+    result = download_tatoeba(mirror, dest)
+    assert result.exit_code == 0, result.stderr
+    assert (dest / "tatoeba.en-pt.tsv").read_bytes() == CORPUS
+    assert sorted(p.name for p in dest.iterdir()) == ["tatoeba.en-pt.tsv"]
+
+
+def test_tatoeba_truncated_archive_is_refused(tmp_path, monkeypatch):
+    archive = make_zip({"por.txt": CORPUS})
+    register_checksums(monkeypatch, archive)
+    mirror = tmp_path / "por-eng.zip"
+    mirror.write_bytes(archive[: len(archive) // 2])  # an interrupted copy
+    dest = tmp_path / "data"
+    result = download_tatoeba(mirror, dest)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert one_error_line(result.stderr).startswith(f"error: {mirror}: expected ")
+    assert list(dest.iterdir()) == []
+
+
+def test_truncated_archive_without_checksums_is_refused(tmp_path):
+    """The registry's tatoeba entry has no size or SHA-256: a cut archive is still no corpus."""
+    mirror = tmp_path / "por-eng.zip"
+    mirror.write_bytes(make_zip({"por.txt": CORPUS})[:200])
+    dest = tmp_path / "data"
+    result = download_tatoeba(mirror, dest)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "a damaged or incomplete archive" in one_error_line(result.stderr)
+    assert list(dest.iterdir()) == []

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt import kernels
+from nmt.data.tokenizer import PAD
 
 from conftest import padded_batch, small_model
 
@@ -173,18 +174,55 @@ def test_model_with_the_kernels_equals_the_plain_model(monkeypatch, wiring, laye
         assert torch.allclose(f, p, rtol=1e-4, atol=1e-6)
 
 
-def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, caplog):
+@pytest.mark.parametrize("wiring,layers", [("luong", 1), ("bahdanau", 2)])
+def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, caplog, wiring,
+                                                      layers):
+    """Where the library cannot be built, `usable` is False, no kernel is called, and the
+    model's plain PyTorch path gives the fused path's loss (relative 1e-6) and every gradient
+    (relative 1e-4, absolute 1e-6: float32 sums taken in another order), label smoothing on."""
+    assert kernels.load() is not None, "the C compiler could not build nmt/kernels/kernels.c"
+    src, lengths = padded_batch()
+    torch.manual_seed(7)
+    tgt_in, tgt_out = torch.randint(4, 30, (3, 6)), torch.randint(4, 30, (3, 6))
+    tgt_out[2, 4:] = PAD  # a shorter target
+    calls: list[str] = []
+
+    def spy(name: str):
+        kernel = getattr(kernels, name)
+
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return kernel(*args, **kwargs)
+        return counted
+
+    for name in ("additive_score", "lstm_cell", "cross_entropy"):
+        monkeypatch.setattr(kernels, name, spy(name))
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(4)
+        model = small_model("additive", wiring=wiring, dec_layers=layers)
+        loss, _ = model.loss(src, lengths, tgt_in, tgt_out, label_smoothing=0.1)
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters()]
+
+    fused = run()
+    assert set(calls) == {"additive_score", "lstm_cell", "cross_entropy"}  # the reference
+    calls.clear()
+
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.delenv("NMT_KERNELS", raising=False)
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert kernels.load() is None
     assert "fused CPU kernels are off" in caplog.text
     assert not kernels.usable(torch.zeros(1))
-    model = small_model("additive")
-    src, lengths = padded_batch()
-    loss, _ = model.loss(src, lengths, torch.randint(4, 30, (3, 5)), torch.randint(4, 30, (3, 5)))
-    assert torch.isfinite(loss)
+    plain = run()
+    assert calls == []  # the plain formulas alone
+    assert torch.allclose(plain[0], fused[0], rtol=1e-6, atol=0)
+    assert len(plain) == len(fused)
+    for p, f in zip(plain[1:], fused[1:]):
+        assert p is not None and torch.allclose(p, f, rtol=1e-4, atol=1e-6), (p - f).abs().max()
 
 
 @pytest.mark.parametrize("layers", [1, 2])

@@ -96,9 +96,9 @@ def test_private_operators_are_probed_and_fall_back_to_plain_products(monkeypatc
 
 
 def test_the_probes_pass_where_the_operators_work():
-    from nmt.model import deferred
-
     import platform
+
+    from nmt.model import deferred
 
     assert deferred.onednn_packing() == torch.backends.mkldnn.is_available()
     if platform.machine() in ("x86_64", "AMD64"):

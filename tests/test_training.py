@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer.main
 from typer.testing import CliRunner
 
 from nmt import checkpoint
@@ -140,12 +142,74 @@ def test_cli_train_cuda_without_gpu(tmp_path):
     assert "no CUDA GPU" in result.stderr
 
 
+# What --help must show whatever else changes; the test also checks every other command and
+# option the app registers, so these only keep the registry itself from losing one unnoticed.
+COMMANDS = {(): {"train", "translate", "eval", "data"}, ("data",): {"download", "prepare"}}
+OPTIONS = {
+    (): {"--verbose", "--version"},
+    ("train",): {"--config", "--set", "--resume", "--overwrite", "--runs-dir", "--device",
+                 "--threads", "--nproc"},
+    ("translate",): {"--input", "--output", "--checkpoint", "--beam", "--n-best",
+                     "--length-penalty", "--max-len-ratio", "--batch-size", "--attention",
+                     "--explain", "--int8", "--no-int8", "--device"},
+    ("eval",): {"--checkpoint", "--src", "--ref", "--tsv", "--beam", "--chrf", "--ter",
+                "--metrics", "--by-length", "--output", "--plot", "--json", "--int8", "--device"},
+    ("data", "download"): {"--dest", "--from", "--list"},
+    ("data", "prepare"): {"--config", "--set"},
+}
+OPTION_NAME = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _command_tree(command, path: tuple[str, ...] = ()):
+    """(path, click command) of `command` and every visible command under it."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        if not sub.hidden:
+            yield from _command_tree(sub, (*path, name))
+
+
+def _row(text: str, name: str, help_text: str) -> bool:
+    """True if a line of `text` shows `name` (as a whole word) with the whole of `help_text`."""
+    word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+    return any(word.search(line) and help_text in line for line in text.splitlines())
+
+
 def test_cli_help_documents_every_command():
-    for args in (["--help"], ["data", "--help"], ["train", "--help"], ["translate", "--help"],
-                 ["eval", "--help"], ["data", "prepare", "--help"], ["data", "download", "--help"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.stdout
-        assert "Usage" in result.stdout
+    """Every command the app registers has a --help that names each of its options (short,
+    long and --no- forms) and arguments beside their own help text, and names no option the
+    command does not have; each group's --help lists its commands beside their summaries."""
+    tree = dict(_command_tree(typer.main.get_command(app)))
+    assert set(COMMANDS) | set(OPTIONS) <= set(tree)
+    for path, command in tree.items():
+        # wide enough that no help text is wrapped or cut; no colour codes
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400", "FORCE_COLOR": None})
+        where = " ".join(["nmt", *path, "--help"])
+        assert result.exit_code == 0, (where, result.stdout, result.stderr)
+        text = ANSI.sub("", result.stdout)
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        params = [p for p in command.params if not getattr(p, "hidden", False)]
+        options = {o for p in params if p.param_type_name == "option"
+                   for o in (*p.opts, *p.secondary_opts)}
+        required = OPTIONS.get(path, set())
+        assert required <= options, (where, "not registered", required - options)
+        shown = set(OPTION_NAME.findall(text))
+        assert options <= shown, (where, "not shown", options - shown)
+        unknown = shown - options - {"-h", "--help"}
+        assert not unknown, (where, "no such option", unknown)
+        for param in params:
+            assert param.help, (where, param.name, "has no help")
+            if param.param_type_name == "option":
+                assert _row(text, param.opts[0], param.help), (where, param.opts[0])
+            else:
+                assert re.search(rf"\b{param.name}\b", usage, re.I), (where, usage)
+                assert _row(text, param.name, param.help), (where, param.name)
+        subcommands = {n: c for n, c in getattr(command, "commands", {}).items() if not c.hidden}
+        assert COMMANDS.get(path, set()) <= set(subcommands), where
+        for name, sub in subcommands.items():
+            summary = sub.get_short_help_str(limit=1000)
+            assert summary, (where, name, "has no help")
+            assert _row(text, name, summary), (where, name, summary)
 
 
 def test_non_finite_losses_skip_batches_then_stop(tmp_path, monkeypatch):
