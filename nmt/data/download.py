@@ -128,6 +128,16 @@ def _is_archive(path: Path) -> bool:
     return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
 
 
+# How zip, gzip, bzip2 and xz files begin: a file that begins so but does not open as an
+# archive is a damaged archive, never the plain member.
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+def _looks_like_archive(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(6).startswith(_ARCHIVE_MAGIC)
+
+
 def _extract(archive: Path, member: str, final: Path, what: str) -> None:
     """Extract only `member` of a zip or tar archive to `final`; refuse unsafe entries."""
     if zipfile.is_zipfile(archive):
@@ -207,8 +217,11 @@ def _install(src: Source, path: Path, final: Path, what: str, move: bool) -> Non
     """
     try:
         archive = src.member is not None and _is_archive(path)
-        if src.member is None or archive:
+        if src.member is None or archive or _looks_like_archive(path):
             _check(path, what, src.size, src.sha256)
+        if src.member is not None and not archive and _looks_like_archive(path):
+            raise DataError(f"{what}: a damaged or incomplete archive (expected {src.member} "
+                            f"in it); fetch it again")
         if src.member is not None and archive:
             logger.info("extracting %s from %s", src.member, what)
             _extract(path, src.member, final, what)
