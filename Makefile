@@ -9,7 +9,7 @@ CONFIG ?= configs/en-pt.yaml
 LOCAL_DATA := $(wildcard ../shared/data)
 DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
-.PHONY: install test demo compare bench lint clean
+.PHONY: install test test-plain demo compare bench lint clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# The suite again on the plain PyTorch model, every fast path off (nmt/fast.py).
+test-plain: install
+	NMT_FAST=0 $(PY) -m pytest
 
 # The demo trains the default config on a shorter budget (DEMO_MINUTES) under runs/demo/.
 DEMO_MINUTES ?= 10

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import settings
 
+from nmt import fast
 from nmt.config import AttentionConfig, Config, ModelConfig, load_config
 from nmt.data.tokenizer import PAD
 from nmt.model.seq2seq import build_model
@@ -23,6 +24,10 @@ os.environ.pop("NMT_DATA_DIR", None)
 TINY_CORPUS = ROOT / "tests" / "data" / "tiny.en-pt.tsv"
 # `--hypothesis-profile fuzz` (scripts/fuzz.py): many more generated inputs per property.
 settings.register_profile("fuzz", max_examples=int(os.environ.get("NMT_FUZZ_EXAMPLES", "2500")))
+
+
+# A test of a fast path itself; the suite's second run, the plain model (NMT_FAST=0), skips it.
+fast_only = pytest.mark.skipif(not fast.enabled(), reason="tests a fast path: NMT_FAST=0")
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,8 @@ from nmt.evaluation.evaluate import by_length
 from nmt.inference.translator import load_translator
 from nmt.model import decoder as decoder_module
 
+from conftest import fast_only
+
 runner = CliRunner()
 
 
@@ -115,6 +117,7 @@ def test_batching_does_not_change_results(translator, sources, beam):
     assert together[:32] == together[32:]
 
 
+@fast_only
 @pytest.mark.parametrize("beam", [1, 4])
 def test_the_gate_table_changes_no_translation(translator, sources, monkeypatch, beam):
     """Searching, the decoder looks each token's gate contribution up in a table made once per

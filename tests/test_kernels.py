@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt import kernels
+from nmt import fast, kernels
 from nmt.data.tokenizer import PAD
 
-from conftest import padded_batch, small_model
+from conftest import fast_only, padded_batch, small_model
+
+pytestmark = fast_only
 
 
 def _formula(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -211,7 +213,7 @@ def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, cap
 
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.delenv("NMT_KERNELS", raising=False)
+    monkeypatch.setattr(fast, "_ENABLED", True)
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert kernels.load() is None

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from nmt.model.deferred import keep_packs, linear, step_loop
 
+from conftest import fast_only
+
 
 def test_packed_products_equal_plain_ones_and_follow_weight_updates():
     torch.manual_seed(6)
@@ -21,6 +23,7 @@ def test_packed_products_equal_plain_ones_and_follow_weight_updates():
             assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
 
 
+@fast_only
 def test_keep_packs_reuses_one_pack_until_the_block_ends():
     torch.manual_seed(9)
     weight = torch.nn.Parameter(torch.randn(96, 80))
@@ -36,6 +39,7 @@ def test_keep_packs_reuses_one_pack_until_the_block_ends():
             assert torch.allclose(linear(x, weight), 2 * first, atol=1e-4)
 
 
+@fast_only
 def test_int8_products_are_close_to_fp32_ones():
     torch.manual_seed(7)
     weight = torch.randn(128, 256) * 0.05

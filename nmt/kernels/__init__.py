@@ -11,11 +11,11 @@
 
 The library is compiled once per machine into the cache directory (`$NMT_CACHE_DIR`, else
 `$XDG_CACHE_HOME/nmt` or `~/.cache/nmt`), for this CPU (`-march=native`), and loaded with
-ctypes. Without a C compiler, or with `NMT_KERNELS=0`, `usable` is False and callers use their
-plain PyTorch formula, which computes the same values (tests hold the two to float32 rounding),
-except dropout, whose masks come from another generator: a seeded run repeats exactly either
-way, but a run with the kernels and one without draw different masks. The kernels take float32
-tensors on the CPU only; CUDA and autocast keep the plain formulas.
+ctypes. Without a C compiler, or with `NMT_FAST=0` (`nmt.fast`), `usable` is False and
+callers use their plain PyTorch formula, which computes the same values (tests hold the two to
+float32 rounding), except dropout, whose masks come from another generator: a seeded run
+repeats exactly either way, but a run with the kernels and one without draw different masks.
+The kernels take float32 tensors on the CPU only; CUDA and autocast keep the plain formulas.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from nmt import fast
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ def _open(target: Path) -> ctypes.CDLL | None:
 
 
 def _find_or_build() -> ctypes.CDLL | None:
-    if os.environ.get("NMT_KERNELS", "1") == "0":
+    if not fast.enabled():
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     compiler = shlex.split(cc) if cc else []  # CC may hold a wrapper: "ccache gcc"
@@ -166,7 +168,8 @@ def load() -> ctypes.CDLL | None:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """True where the kernels apply: float32 CPU tensors, no autocast, library built."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    return (fast.enabled()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not torch.is_autocast_enabled("cpu") and load() is not None)
 
 

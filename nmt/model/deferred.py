@@ -46,6 +46,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from nmt import fast
+
 log = logging.getLogger(__name__)
 
 MIN_PACKED = 64  # pack weights whose both dimensions are at least this
@@ -143,7 +145,7 @@ def keep_packs() -> Iterator[None]:
 def kept(weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
     """A value derived from `weight`, made once per `keep_packs()` block; None outside one."""
     block = _KEPT.get()
-    if block is None:
+    if block is None or not fast.enabled():
         return None
     key = (id(weight), kind)  # the block holds the weight, so its id stays its own
     if key not in block:
@@ -253,7 +255,7 @@ def step_loop(int8: bool | None = None) -> Iterator[None]:
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
     loop = _LOOP.get()
-    if loop is None or not _handled(x, weight):
+    if loop is None or not fast.enabled() or not _handled(x, weight):
         return F.linear(x, weight)
     if id(weight) not in loop.records:
         record = _Record(weight, x, loop.int8)

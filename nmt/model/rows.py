@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from nmt import fast
 from nmt.model.deferred import Root
 
 
@@ -20,7 +21,7 @@ class Prefixes:
 
     def __init__(self, x: torch.Tensor) -> None:
         self.summed = _Sum()  # the graph's nodes hold this, not self: no reference cycle
-        self.tracked = torch.is_grad_enabled() and x.requires_grad
+        self.tracked = torch.is_grad_enabled() and x.requires_grad and fast.enabled()
         self.root = Root.apply(x, self.summed) if self.tracked else x
 
     def __call__(self, n: int) -> torch.Tensor:
