@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# The suite again on the plain PyTorch model, every fast path off (nmt/fast.py).
+# The suite again on the plain PyTorch model, every fast path off (nmt/fast).
 test-plain: install
 	NMT_FAST=0 $(PY) -m pytest
 

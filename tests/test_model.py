@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.fast.rows import Prefixes
 from nmt.model import decoder as decoder_module
-from nmt.model.rows import Prefixes
 from nmt.model.seq2seq import build_model
 
 from conftest import padded_batch, small_model, variant_model

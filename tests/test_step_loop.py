@@ -1,11 +1,11 @@
-"""`nmt.model.deferred`: packed and int8 products inside a step loop against F.linear."""
+"""`nmt.fast.deferred`: packed and int8 products inside a step loop against F.linear."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from nmt.model.deferred import keep_packs, linear, step_loop
+from nmt.fast.deferred import keep_packs, linear, step_loop
 
 from conftest import fast_only
 
@@ -75,7 +75,7 @@ def test_deferred_gradient_equals_the_per_step_sum():
 def test_private_operators_are_probed_and_fall_back_to_plain_products(monkeypatch, caplog):
     """Where torch lacks (or breaks) the oneDNN or int8 operators, the probe says so once and
     products are the plain, supported ones, with the same results."""
-    from nmt.model import deferred
+    from nmt.fast import deferred
 
     def broken(*args, **kwargs):
         raise RuntimeError("operator not available")
@@ -102,7 +102,7 @@ def test_private_operators_are_probed_and_fall_back_to_plain_products(monkeypatc
 def test_the_probes_pass_where_the_operators_work():
     import platform
 
-    from nmt.model import deferred
+    from nmt.fast import deferred
 
     assert deferred.onednn_packing() == torch.backends.mkldnn.is_available()
     if platform.machine() in ("x86_64", "AMD64"):

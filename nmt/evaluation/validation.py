@@ -13,8 +13,8 @@ from nmt.config import Config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared
 from nmt.evaluation.metrics import corpus_scores
+from nmt.fast.deferred import keep_packs
 from nmt.inference.translator import Translator
-from nmt.model.deferred import keep_packs
 from nmt.model.seq2seq import Seq2Seq
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import torch
 
 from nmt.data.tokenizer import BOS, EOS
 from nmt.errors import UsageError
-from nmt.model.deferred import step_loop
+from nmt.fast.deferred import step_loop
 from nmt.model.seq2seq import Seq2Seq
 
 

@@ -18,8 +18,8 @@ from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError
+from nmt.fast.deferred import keep_packs, step_loop
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
-from nmt.model.deferred import keep_packs, step_loop
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)

@@ -34,10 +34,10 @@ from torch import nn
 
 from nmt import fast, kernels
 from nmt.data.tokenizer import PAD
+from nmt.fast.deferred import kept, linear, step_loop
+from nmt.fast.rows import Prefixes
 from nmt.model.attention import Attention, Memory
-from nmt.model.deferred import kept, linear, step_loop
 from nmt.model.dropout import Dropout
-from nmt.model.rows import Prefixes
 
 TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (128 MiB)
 

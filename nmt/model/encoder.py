@@ -3,7 +3,7 @@ the forward and backward states concatenated; padding never enters a state.
 
 The weights are those of one `nn.LSTM`. On float32 CPU tensors with the fused kernels
 (`nmt.kernels`), the encoder runs its own step loop over them: the input products of all steps
-at once, then per step a packed recurrent product (`nmt.model.deferred`) and the fused cell.
+at once, then per step a packed recurrent product (`nmt.fast.deferred`) and the fused cell.
 The backward direction reads each sentence reversed within its length, so that both directions
 run over padding only after a sentence's end, where it changes nothing that is kept. Elsewhere
 (CUDA, autocast, no C compiler), `nn.LSTM` runs on packed sequences; both give the same results.
@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt import kernels
 from nmt.data.tokenizer import PAD
-from nmt.model.deferred import linear, step_loop
+from nmt.fast.deferred import linear, step_loop
 from nmt.model.dropout import Dropout
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nmt import kernels
-from nmt.model.deferred import linear
+from nmt.fast.deferred import linear
 
 
 class Score(nn.Module, abc.ABC):

@@ -14,9 +14,9 @@ from torch import nn
 from nmt import kernels
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
+from nmt.fast.deferred import linear
 from nmt.model.attention import Memory, build_attention
 from nmt.model.decoder import Decoder, DecoderState
-from nmt.model.deferred import linear
 from nmt.model.encoder import Encoder
 
 

@@ -5,7 +5,7 @@ n_t rows only (the others have ended). It reads the attention memory x (B, ...) 
 every step. Plain slicing would make autograd build a full-size zero gradient for each slice
 and add them all up; here each step's gradient is added in place into the first n_t rows of one
 buffer, which a root node returns as x's gradient once every step's backward has run (they all
-depend on it, as in `nmt.model.deferred`).
+depend on it, as in `nmt.fast.deferred`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from nmt import fast
-from nmt.model.deferred import Root
+from nmt.fast.deferred import Root
 
 
 class Prefixes:
