@@ -90,7 +90,9 @@ def handle_errors(fn):
             typer.echo(f"error: {where}{err.strerror or err}", err=True)
             raise typer.Exit(1) from None
         except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError
-            if _state["verbose"] or not _out_of_memory(err):
+            from nmt.training.memory import out_of_memory
+
+            if _state["verbose"] or not out_of_memory(err):
                 raise
             detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
             typer.echo(f"error: out of memory ({detail or type(err).__name__}); use smaller "
@@ -99,11 +101,6 @@ def handle_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def _out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
-        "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 
 
 def _version(value: bool) -> None:

@@ -217,9 +217,10 @@ def _install(src: Source, path: Path, final: Path, what: str, move: bool) -> Non
     """
     try:
         archive = src.member is not None and _is_archive(path)
-        if src.member is None or archive or _looks_like_archive(path):
+        damaged = src.member is not None and not archive and _looks_like_archive(path)
+        if src.member is None or archive or damaged:
             _check(path, what, src.size, src.sha256)
-        if src.member is not None and not archive and _looks_like_archive(path):
+        if damaged:
             raise DataError(f"{what}: a damaged or incomplete archive (expected {src.member} "
                             f"in it); fetch it again")
         if src.member is not None and archive:

@@ -19,6 +19,13 @@ class OutOfMemory(NmtError):
     """The model, or a batch, needs more memory than the device has."""
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocator's failure: torch raises RuntimeError on the CPU (`can't
+    allocate memory`) and OutOfMemoryError on CUDA."""
+    return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
+
+
 def available_bytes(device: torch.device) -> int:
     """Memory free for a new allocation: the GPU's free memory, or the system's available
     memory (MemAvailable, else free pages)."""
@@ -53,9 +60,8 @@ def allocate_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
                           f"({_sizes(cfg, src_vocab, tgt_vocab)})")
     try:
         return build_model(cfg, src_vocab, tgt_vocab).to(device)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
-        if not isinstance(err, (torch.OutOfMemoryError, MemoryError)) and \
-                "allocate" not in str(err):
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
             raise
         raise OutOfMemory(f"out of memory while allocating the model of {params:,} parameters "
                           f"({_sizes(cfg, src_vocab, tgt_vocab)})") from None
