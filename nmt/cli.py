@@ -320,5 +320,53 @@ def eval_cmd(
              as_json, device, int8)
 
 
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    checkpoint: CheckpointOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on; anything but loopback is reachable from other "
+                       "machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", "-p", min=0, max=65535, help="TCP port (0: any free port, logged).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="NMT_API_KEY", show_envvar=True,
+        help="Every API request must carry this key (X-API-Key or Authorization: Bearer).")]
+    = None,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="Most sentences translated together in one batch.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0, max=10000,
+        help="How long a batch's first request waits for others to join it.")] = 5.0,
+    max_body_kb: Annotated[int, typer.Option(
+        "--max-body-kb", min=1, help="Largest request body, in KiB (413 above).")] = 1024,
+    max_sentences: Annotated[int, typer.Option(
+        "--max-sentences", min=1, help="Sentences in one request (413 above).")] = 128,
+    max_chars: Annotated[int, typer.Option(
+        "--max-chars", min=1, help="Characters in one sentence (413 above).")] = 2000,
+    max_beam: Annotated[int, typer.Option(
+        "--max-beam", min=1, help="Widest beam a request may ask for (422 above).")] = 16,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=1, help="Sentences waiting for the model at most (503 above).")]
+    = 4096,
+    grace: Annotated[float, typer.Option(
+        "--grace", min=0, max=3600,
+        help="On Ctrl-C/SIGTERM, seconds for which queued requests are still answered.")] = 10.0,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="CPU threads for the model (default: torch's).")] = None,
+    int8: Int8Opt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Serve a model over HTTP: a page at / and a JSON API (/translate, /health, /info)."""
+    from nmt.serve.options import ServeOptions
+    from nmt.serve.server import run_server
+
+    options = ServeOptions(host=host, port=port, api_key=api_key, max_batch=max_batch,
+                           max_wait_ms=max_wait_ms, max_body_bytes=max_body_kb * 1024,
+                           max_sentences=max_sentences, max_chars=max_chars, max_beam=max_beam,
+                           max_queue=max_queue, grace_s=grace)
+    run_server(checkpoint, options, device, int8, threads, _state["verbose"])
+
+
 def main() -> None:
     app(prog_name="nmt")

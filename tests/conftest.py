@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
-from dataclasses import replace
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -73,6 +78,53 @@ def wait_for(path: Path, text: str, proc, timeout: float = 120) -> None:
                         f"said {text!r}")
         time.sleep(0.05)
     pytest.fail(f"{path.name} did not say {text!r} within {timeout:g} s")
+
+
+@dataclass
+class ServerProcess:
+    """`nmt serve` running in a process; its stderr is read as it comes into `lines`."""
+
+    proc: subprocess.Popen
+    url: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+
+def serve_process(run: Path, *args: str, timeout: float = 120) -> ServerProcess:
+    """Starts `nmt serve` on a free loopback port (--port 0) and waits until it listens."""
+    proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", "--checkpoint", str(run),
+                             "--port", "0", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = ServerProcess(proc)
+    listening = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            server.lines.append(line)
+            if "serving on http://" in line and not server.url:
+                server.url = line.split("serving on ")[1].split()[0].rstrip("/")
+                listening.set()
+        listening.set()  # ended
+
+    threading.Thread(target=read, daemon=True).start()
+    if not listening.wait(timeout) or not server.url:
+        proc.kill()
+        pytest.fail(f"nmt serve did not start: {server.stderr()}")
+    return server
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """(status, JSON body) of a GET, or of a POST of `body`, with urllib (no proxy)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
 
 
 def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,

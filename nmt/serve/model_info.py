@@ -1,0 +1,46 @@
+"""What /health and /info say about the model: read once, at startup, from its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from nmt import checkpoint
+from nmt.config import Config, from_dict
+from nmt.inference.translator import Translator
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # the run's name (config `name`)
+    checkpoint: str  # the file it was loaded from
+    step: int | None  # updates trained when it was written
+    parameters: int  # trainable and frozen, all of them
+    device: str
+    config: Config
+    src_vocab: int
+    tgt_vocab: int
+
+    def summary(self) -> dict:
+        """The /info body, less the server's limits."""
+        m = self.config.model
+        sizes = {k: v for k, v in asdict(m).items() if k != "attention"}
+        return {"name": self.name, "attention": asdict(m.attention), "model": sizes,
+                "vocabulary": {"source": self.src_vocab, "target": self.tgt_vocab},
+                "decode": asdict(self.config.decode)}
+
+
+def describe(translator: Translator) -> ModelInfo:
+    """The translator's checkpoint, read again for what the Translator does not keep (its
+    name, step and model config); the translator's own decode settings win."""
+    path = translator.path
+    if path is None:
+        raise ValueError("describe() needs a translator loaded from a checkpoint")
+    data = checkpoint.load(path)
+    cfg = from_dict(data["config"], f"{path} (config)")
+    step = data.get("step")
+    return ModelInfo(
+        name=cfg.name, checkpoint=str(path), step=step if isinstance(step, int) else None,
+        parameters=sum(p.numel() for p in translator.model.parameters()),
+        device=str(translator.device), config=replace(cfg, decode=translator.decode),
+        src_vocab=translator.tokenizer.src_vocab_size,
+        tgt_vocab=translator.tokenizer.tgt_vocab_size)
