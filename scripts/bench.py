@@ -21,7 +21,6 @@ before and just after it: the machine's speed drifts over a run of 20 minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
@@ -41,10 +40,10 @@ import sacrebleu
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nmt import kernels
 from nmt.config import Config, load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
+from nmt.fast import kernels, products
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model, count_parameters
 from nmt.train import build_optimizer, seed_everything
@@ -119,8 +118,8 @@ class Training:
         counted = 0
         # FlopCounterMode sees neither oneDNN's packed products nor the fused kernels: count
         # the plain path (nn.LSTM, F.linear), which computes the same products
-        with (flops, mock.patch("nmt.model.decoder.step_loop", contextlib.nullcontext),
-              mock.patch("nmt.kernels.usable", lambda *tensors: False)):
+        with (flops, mock.patch("nmt.fast.products.for_loop", lambda: products.PLAIN),
+              mock.patch("nmt.fast.kernels.usable", lambda *tensors: False)):
             for index in self.batches[:3]:
                 b = collate(self.data, index)
                 loss, n = self.model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
@@ -349,7 +348,7 @@ def main() -> None:
     cfg = load_config(args.config)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     result: dict = {"config": str(args.config), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "fused_kernels": kernels.load() is not None}
+                    "torch": torch.__version__, "fused_kernels": kernels.load()}
     log.info("matmul peak ...")
     result["matmul_gflops_runs"] = [matmul_peak()]  # and again at the end: the larger counts
     log.info("data preparation ...")

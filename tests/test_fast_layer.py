@@ -1,4 +1,4 @@
-"""The fast layer (`nmt.fast`: fused kernels, packed products, deferred gradients, the gate
+"""The fast layer (`nmt.fast`: packed products, deferred gradients, the fused score, the gate
 table, skipping ended rows) against the plain PyTorch model that `NMT_FAST=0` runs, in one
 process. Stated tolerance: the loss within 1e-5 relative, every gradient within 1e-4 relative
 (1e-6 absolute), translations identical and their scores within 1e-4."""
@@ -26,8 +26,12 @@ def toy_batch(pairs: int = 12, vocab: int = 30):
     return collate(data, np.arange(pairs))
 
 
+def switch(monkeypatch, on: bool) -> None:
+    monkeypatch.setattr(fast, "_ON", frozenset(fast.PIECES if on else ()))
+
+
 def loss_and_grads(model, batch, on: bool, monkeypatch) -> list[torch.Tensor]:
-    monkeypatch.setattr(fast, "_ENABLED", on)
+    switch(monkeypatch, on)
     model.zero_grad()
     loss, _ = model.loss(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, 0.1)
     loss.backward()
@@ -55,11 +59,10 @@ def test_a_training_step_is_the_same_with_and_without_the_fast_layer(kind, layer
 @pytest.mark.parametrize("beam", [1, 4])
 def test_translations_are_the_same_with_and_without_the_fast_layer(trained_run, beam,
                                                                    monkeypatch):
-    translator = Translator.from_checkpoint(trained_run / "best.pt")
     sources = (trained_run / "test.en").read_text(encoding="utf-8").splitlines()
-    monkeypatch.setattr(fast, "_ENABLED", True)
-    quick = translator.translate(sources, beam=beam)
-    monkeypatch.setattr(fast, "_ENABLED", False)
-    plain = translator.translate(sources, beam=beam)
+    switch(monkeypatch, True)
+    quick = Translator.from_checkpoint(trained_run / "best.pt").translate(sources, beam=beam)
+    switch(monkeypatch, False)
+    plain = Translator.from_checkpoint(trained_run / "best.pt").translate(sources, beam=beam)
     assert [t.text for t in quick] == [t.text for t in plain]
     assert [t.score for t in quick] == pytest.approx([t.score for t in plain], abs=1e-4)

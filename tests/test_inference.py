@@ -119,16 +119,23 @@ def test_batching_does_not_change_results(translator, sources, beam):
 
 @fast_only
 @pytest.mark.parametrize("beam", [1, 4])
-def test_the_gate_table_changes_no_translation(translator, sources, monkeypatch, beam):
-    """Searching, the decoder looks each token's gate contribution up in a table made once per
-    translate call; without the table (over the size limit) it multiplies per step."""
+def test_the_gate_table_changes_no_translation(trained_run, sources, monkeypatch, beam):
+    """Searching, the decoder looks each token's gate contribution up in a table that a
+    translator makes once, for all its calls; without the table (over the size limit) it
+    multiplies per step, with the same results."""
+    translator = load_translator(trained_run)
     made = []
     table = translator.model.decoder._gate_table
     monkeypatch.setattr(translator.model.decoder, "_gate_table", lambda: made.append(1) or table())
     looked_up = translator.translate(sources[:40], beam=beam)
+    assert translator.translate(sources[:40], beam=beam)[0].text == looked_up[0].text
+    assert len(made) == 1  # once, for both calls and all their batches
     monkeypatch.setattr(decoder_module, "TABLE_LIMIT", 0)
-    multiplied = translator.translate(sources[:40], beam=beam)
-    assert len(made) == 2  # once per call, for all its batches; the second is over the limit
+    other = load_translator(trained_run)
+    monkeypatch.setattr(other.model.decoder, "_gate_table", lambda: made.append(1) or table())
+    multiplied = other.translate(sources[:40], beam=beam)
+    assert len(made) == 2 and other.products().kept(other.model.decoder.embed.weight, "gates",
+                                                    lambda: "again") is None  # over the limit
     assert [t.text for t in looked_up] == [t.text for t in multiplied]
     assert [t.score for t in looked_up] == pytest.approx([t.score for t in multiplied], abs=1e-4)
 

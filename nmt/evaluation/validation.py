@@ -13,7 +13,6 @@ from nmt.config import Config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared
 from nmt.evaluation.metrics import corpus_scores
-from nmt.fast.deferred import keep_packs
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import Seq2Seq
 
@@ -43,18 +42,19 @@ def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
     if cfg.train.valid_max_sentences:
         sources = sources[:cfg.train.valid_max_sentences]
         refs = refs[:cfg.train.valid_max_sentences]
-    translator = Translator(model, prepared.tokenizer(), cfg.decode, 4 * cfg.data.max_pieces,
-                            device)
+    tokenizer = prepared.tokenizer()
 
     def validate() -> Validation:
         model.eval()
         total, tokens = 0.0, 0
-        with keep_packs(), torch.inference_mode():  # one packing of the weights per validation
+        with torch.inference_mode():
             for index in batches:
                 b = collate(valid, index).to(device)
                 loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
                 total, tokens = total + loss.item(), tokens + n
-            hyps = [t.text for t in translator.translate(sources, beam=1)]
+        # a new translator each time: it packs the weights as they are now
+        translator = Translator(model, tokenizer, cfg.decode, 4 * cfg.data.max_pieces, device)
+        hyps = [t.text for t in translator.translate(sources, beam=1)]
         bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
         log.debug("validation scores: %s [%s]; %s [%s]", bleu.text, bleu.signature, chrf.text,
                   chrf.signature)

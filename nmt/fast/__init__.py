@@ -1,18 +1,47 @@
-"""The fast layer, apart from the model that reads as the paper: packed and 8-bit products and
-deferred weight gradients (`nmt.fast.deferred`, the only user of torch's private operators),
-row prefixes for teacher forcing that skips ended rows (`nmt.fast.rows`), with the fused CPU
-kernels (`nmt.kernels`) and the search's gate table. This module says whether it runs.
+"""The fast layer, apart from the model that reads as the paper. Its pieces:
 
-`NMT_FAST=0` turns all of them off: the plain PyTorch model, which the fast paths are tested
-against (the test suite runs both ways). Set it before nmt starts; it is read once.
+  products  packed weights for the products of a step loop, and in training one product for
+            each weight's gradient over all steps (`nmt.fast.products`, the only user of torch's
+            private oneDNN and 8-bit operators, each behind a probe);
+  score     the fused additive score, a PyTorch custom operator (`nmt.fast.kernels`);
+  gates     in search, each target token's contribution to the decoder's gates, looked up in a
+            table made once instead of a product per step (`Decoder.embed_inputs`);
+  rows      teacher forcing that drops ended rows from later steps (`nmt.fast.rows`).
+
+`NMT_FAST` says which run: unset or 1, all of them; 0, none (the plain PyTorch model, which the
+fast paths are tested against: the test suite runs both ways); or a comma-separated list of the
+pieces that run (`NMT_FAST=products,score`). Set it before nmt starts; it is read once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
-_ENABLED = os.environ.get("NMT_FAST", "1") != "0"
+log = logging.getLogger(__name__)
+
+PIECES = ("products", "score", "gates", "rows")
+
+
+def _parse(value: str) -> frozenset[str]:
+    if value.strip() in ("", "1"):
+        return frozenset(PIECES)
+    if value.strip() == "0":
+        return frozenset()
+    named = {p.strip() for p in value.split(",") if p.strip()}
+    for unknown in sorted(named - set(PIECES)):
+        log.warning("NMT_FAST: unknown piece %r ignored (pieces: %s)", unknown, ", ".join(PIECES))
+    return frozenset(named & set(PIECES))
+
+
+_ON = _parse(os.environ.get("NMT_FAST", "1"))
+
+
+def on(piece: str) -> bool:
+    """Whether the fast layer's `piece` (one of PIECES) runs."""
+    return piece in _ON
 
 
 def enabled() -> bool:
-    return _ENABLED
+    """Whether any piece runs (NMT_FAST=0 turns them all off)."""
+    return bool(_ON)

@@ -5,7 +5,7 @@ n_t rows only (the others have ended). It reads the attention memory x (B, ...) 
 every step. Plain slicing would make autograd build a full-size zero gradient for each slice
 and add them all up; here each step's gradient is added in place into the first n_t rows of one
 buffer, which a root node returns as x's gradient once every step's backward has run (they all
-depend on it, as in `nmt.fast.deferred`).
+depend on it, as in `nmt.fast.products`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from nmt import fast
-from nmt.fast.deferred import Root
+from nmt.fast.products import Root
 
 
 class Prefixes:
@@ -21,7 +21,7 @@ class Prefixes:
 
     def __init__(self, x: torch.Tensor) -> None:
         self.summed = _Sum()  # the graph's nodes hold this, not self: no reference cycle
-        self.tracked = torch.is_grad_enabled() and x.requires_grad and fast.enabled()
+        self.tracked = torch.is_grad_enabled() and x.requires_grad and fast.on("rows")
         self.root = Root.apply(x, self.summed) if self.tracked else x
 
     def __call__(self, n: int) -> torch.Tensor:

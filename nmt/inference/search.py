@@ -2,6 +2,8 @@
 beams). Sentences that finish leave the batch, so the remaining steps cost less.
 
 Shapes: B sentences, K beam size, S source length, V target vocabulary, H decoder size.
+`products` says how the decoder's weight products run (`nmt.fast.products.for_inference`: packed
+once for all steps and batches); plain F.linear by default.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from nmt.data.tokenizer import BOS, EOS
 from nmt.errors import UsageError
-from nmt.fast.deferred import step_loop
+from nmt.fast.products import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
 
@@ -30,13 +32,12 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.inference_mode()
-@step_loop()  # weights packed once for all steps
-@torch.inference_mode()
 def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
-           keep_attention: bool = False, top_k: int = 0) -> list[Hypothesis]:
+           keep_attention: bool = False, top_k: int = 0, products: Products = PLAIN
+           ) -> list[Hypothesis]:
     """Picks the most likely token at each step; returns one hypothesis per sentence.
     max_len (B,): most output tokens per sentence, EOS excluded."""
-    memory, state = model.encode(src, src_len)
+    memory, state = model.encode(src, src_len, products)
     b = src.size(0)
     rows = torch.arange(b)  # sentence of each active row
     prev = torch.full((b,), BOS, dtype=torch.long, device=src.device)
@@ -45,8 +46,9 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
     attn: list[list[torch.Tensor]] = [[] for _ in range(b)]
     alts: list[list[list[tuple[int, float]]]] = [[] for _ in range(b)]
     for t in range(int(max_len.max()) + 1):
-        state, weights = model.decoder.step(model.decoder.embed_inputs(prev), state, memory, t)
-        logp = model.log_probs(state.feed)  # (b', V)
+        x = model.decoder.embed_inputs(prev, products)  # (b', 4H)
+        state, weights = model.decoder.step(x, state, memory, t)
+        logp = model.log_probs(state.feed, products)  # (b', V)
         best_lp, best = logp.max(dim=1)
         forced = max_len[rows] <= t  # length limit reached: finish with EOS
         best = torch.where(forced.to(best.device), torch.full_like(best, EOS), best)
@@ -73,8 +75,6 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
                        alts[i] if top_k else None) for i in range(b)]
 
 
-@torch.inference_mode()
-@step_loop()
 def widest_beam(vocab: int) -> int:
     """The widest beam a `vocab`-piece target vocabulary allows: the first step ranks 2 x beam
     candidates among the vocabulary's pieces."""
@@ -90,7 +90,8 @@ def check_beam(beam: int, vocab: int, name: str = "--beam") -> None:
 @torch.inference_mode()
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
-                keep_attention: bool = False, early_stop: bool = False) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, early_stop: bool = False,
+                products: Products = PLAIN) -> list[list[Hypothesis]]:
     """Beam search; returns the `n_best` hypotheses of each sentence, best first, scored by
     log-probability / length_penalty.
 
@@ -103,7 +104,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_le
     The first step runs once per sentence, not once per beam (all beams start equal)."""
     b, k = src.size(0), beam
     dev = src.device
-    memory, state = model.encode(src, src_len)
+    memory, state = model.encode(src, src_len, products)
     width = 1  # live hypotheses per sentence: one until the first step has run
     sent = torch.arange(b)  # sentence of each active group of `width` rows
     scores = torch.zeros((b, 1), device=dev)  # (n, width) cumulative log-probabilities
@@ -113,11 +114,12 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_le
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     n_done = torch.zeros(b, dtype=torch.long)  # (n,) finished hypotheses per active sentence
     for t in range(int(max_len.max()) + 1):
-        state, weights = model.decoder.step(model.decoder.embed_inputs(prev), state, memory, t)
+        x = model.decoder.embed_inputs(prev, products)  # (n*width, 4H)
+        state, weights = model.decoder.step(x, state, memory, t)
         if keep_attention:
             w = weights.unsqueeze(1)  # (n*width, 1, S)
             att_hist = w if att_hist is None else torch.cat([att_hist, w], dim=1)
-        logp = model.log_probs(state.feed)  # (n*width, V)
+        logp = model.log_probs(state.feed, products)  # (n*width, V)
         n, v = scores.size(0), logp.size(1)
         at_limit = (max_len[sent] <= t).to(dev)  # (n,) must end now
         if bool(at_limit.any()):

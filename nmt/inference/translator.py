@@ -18,7 +18,8 @@ from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError
-from nmt.fast.deferred import keep_packs, step_loop
+from nmt.fast import products
+from nmt.fast.products import Products
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
 from nmt.model.seq2seq import Seq2Seq, build_model
 
@@ -35,7 +36,11 @@ class Translation:
 
 
 class Translator:
-    """Wraps a model and its tokenizer; `from_checkpoint` needs nothing but the checkpoint."""
+    """Wraps a model and its tokenizer; `from_checkpoint` needs nothing but the checkpoint.
+
+    Its searches pack the model's weights once, at first use, and keep the packs (8-bit ones
+    with `decode.int8` on a CPU): the weights must not change while a translator is in use
+    (validation makes a new one each time)."""
 
     def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig,
                  max_src_pieces: int, device: torch.device = torch.device("cpu"),
@@ -44,6 +49,14 @@ class Translator:
         self.max_src_pieces = max_src_pieces
         self.device = device
         self.path = path  # the checkpoint it was loaded from, if any
+        self._products: dict[bool, Products] = {}  # by int8
+
+    def products(self) -> Products:
+        """The searches' weight products (`nmt.fast.products.for_inference`), made once."""
+        int8 = self.decode.int8 and self.device.type == "cpu"
+        if int8 not in self._products:
+            self._products[int8] = products.for_inference(int8)
+        return self._products[int8]
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")
@@ -80,7 +93,7 @@ class Translator:
                 results[i] = Translation(s, "", 0.0, [Hypothesis([], 0.0)], [])
         todo = [i for i in np.argsort([-len(x) for x in ids], kind="stable") if ids[i]]
         size = self.decode.batch_size
-        with keep_packs(), torch.inference_mode():  # weights packed once for all batches
+        with torch.inference_mode():
             for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
                               disable=None if progress else True, leave=False):
                 chunk = todo[start:start + size]
@@ -100,12 +113,12 @@ class Translator:
         src = src.to(self.device)
         d = self.decode
         max_len = (src_len.float() * d.max_len_ratio).long() + d.max_len_add  # (B,)
-        with step_loop(int8=d.int8 and self.device.type == "cpu"):
-            if beam == 1:
-                hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k)
-                return [[h] for h in hyps]
-            return beam_search(self.model, src, src_len, max_len, beam, n_best,
-                               d.length_penalty, keep_attention, d.early_stop)
+        if beam == 1:
+            hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k,
+                          self.products())
+            return [[h] for h in hyps]
+        return beam_search(self.model, src, src_len, max_len, beam, n_best, d.length_penalty,
+                           keep_attention, d.early_stop, self.products())
 
     def target_pieces(self, hyp: Hypothesis) -> list[str]:
         return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]

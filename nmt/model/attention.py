@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt.fast.products import PLAIN, Products
 from nmt.model.scores import AdditiveScore, Score, build_score
 
 TYPES = ("none", "global", "local-m", "local-p", "hard")
@@ -47,16 +48,17 @@ class Memory:
     proj: torch.Tensor | None  # (N, S, ...) keys projected once per batch (None if unused)
     mask: torch.Tensor  # (N, S) True on real source tokens
     group: int = 1  # query rows per memory row: B = N x group
+    products: Products = PLAIN  # how this batch's weight products run (nmt.fast.products)
 
     def select(self, index: torch.Tensor) -> Memory:
         """Memory rows `index` (N',), e.g. to drop finished sentences."""
         proj = None if self.proj is None else self.proj.index_select(0, index)
         return Memory(self.keys.index_select(0, index), proj, self.mask.index_select(0, index),
-                      self.group)
+                      self.group, self.products)
 
     def grouped(self, group: int) -> Memory:
         """The same memory, shared by `group` query rows per memory row."""
-        return Memory(self.keys, self.proj, self.mask, group)
+        return Memory(self.keys, self.proj, self.mask, group, self.products)
 
     def row_mask(self) -> torch.Tensor:
         """(B, S) the mask of each query row."""
@@ -91,7 +93,8 @@ class GlobalAttention(nn.Module):
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
         """(B, Q) query -> (B, S) attention weights."""
-        return masked_softmax(self.score(query, memory.keys, memory.proj), memory.row_mask())
+        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
+        return masked_softmax(scores, memory.row_mask())
 
     def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
                 coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +128,7 @@ class CoverageAttention(GlobalAttention):
         n, s, a = memory.proj.shape
         # (N, group, S, A); doubled, as AdditiveScore.project doubles U h_j
         proj = memory.proj.unsqueeze(1) + 2 * cover.view(n, -1, s, a)
-        return masked_softmax(self.score(query, memory.keys, proj), mask)
+        return masked_softmax(self.score(query, memory.keys, proj, memory.products), mask)
 
 
 class LocalAttention(GlobalAttention):
@@ -162,7 +165,7 @@ class LocalAttention(GlobalAttention):
 
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
-        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
+        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
         p = self.centre(query, memory, step)  # (B,)
         positions = torch.arange(scores.size(1), device=scores.device, dtype=scores.dtype)
         distance = positions.unsqueeze(0) - p.unsqueeze(1)  # (B, S)
@@ -190,7 +193,7 @@ class HardAttention(GlobalAttention):
 
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
-        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
+        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
         logits = scores.masked_fill(~memory.row_mask(), float("-inf"))
         if self.training:
             return F.gumbel_softmax(logits, tau=self.temperature, hard=True)  # (B, S) one-hot

@@ -23,6 +23,9 @@ target in training); `step` does the rest of one step and is the only path, used
 forcing (`forward`, and `real_tokens`, which skips the rows whose target has ended) and by search
 alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6) lives in the model, so training can
 apply it once to all steps.
+
+Each step's weight products run as `memory.products.linear(x, W)`, x W^T, where the caller of
+the loop chose how (`nmt.fast.products`: plain F.linear, packed, 8-bit).
 """
 
 from __future__ import annotations
@@ -32,22 +35,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nmt import fast, kernels
+from nmt import fast
 from nmt.data.tokenizer import PAD
-from nmt.fast.deferred import kept, linear, step_loop
+from nmt.fast import products
+from nmt.fast.products import PLAIN, Products
 from nmt.fast.rows import Prefixes
 from nmt.model.attention import Attention, Memory
-from nmt.model.dropout import Dropout
 
 TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (128 MiB)
 
 
 def skips_ended_rows(device: torch.device) -> bool:
-    """Whether teacher forcing drops the rows whose target has ended from later steps: on a
-    CPU, where a step's time grows with its rows (1.03-1.04x faster training here); not on a
-    GPU, where it goes to launching kernels, and dropping rows made training 0.73-0.8x as fast
-    (the extra kernels and shapes)."""
-    return device.type == "cpu" and fast.enabled()
+    """Whether teacher forcing drops the rows whose target has ended from later steps (the
+    fast layer's `rows`): on a CPU, where a step's time grows with its rows; not on a GPU,
+    where it goes to launching kernels, which dropping rows multiplies."""
+    return device.type == "cpu" and fast.on("rows")
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Decoder(nn.Module):
         self.early = wiring == "bahdanau"  # attend before the LSTM step
         self.input_feeding = input_feeding and not self.early
         self.embed = nn.Embedding(vocab_size, emb_size, padding_idx=PAD)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         h4 = 4 * hidden_size
         self.input_layer = nn.Linear(emb_size, h4)  # W_x and the gate bias
         context_size = attention.context_size
@@ -99,16 +101,17 @@ class Decoder(nn.Module):
         for w in self.recurrent:
             nn.init.uniform_(w, -bound, bound)
 
-    def embed_inputs(self, y: torch.Tensor) -> torch.Tensor:
+    def embed_inputs(self, y: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
         """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates.
-        Searching inside `keep_packs()`, each token's contribution is computed once, for the
-        whole vocabulary, and each step looks its rows up instead of multiplying."""
-        if not (self.training or torch.is_grad_enabled()):
-            table = kept(self.embed.weight, "gates", self._gate_table)  # (V, 4H)
+        In search, with products that keep values (`nmt.fast.products.for_inference`), each
+        token's contribution is computed once, for the whole vocabulary, and each step looks
+        its rows up instead of multiplying."""
+        if not (self.training or torch.is_grad_enabled()) and fast.on("gates"):
+            table = products.kept(self.embed.weight, "gates", self._gate_table)  # (V, 4H)
             if table is not None:
                 return table[y]
         emb = self.dropout(self.embed(y))  # (..., E)
-        return linear(emb, self.input_layer.weight) + self.input_layer.bias
+        return products.linear(emb, self.input_layer.weight) + self.input_layer.bias
 
     def _gate_table(self) -> torch.Tensor | None:
         """(V, 4H) every token's contribution to the gates; None if larger than TABLE_LIMIT."""
@@ -119,8 +122,7 @@ class Decoder(nn.Module):
 
     @staticmethod
     def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if kernels.usable(gates, c):
-            return kernels.lstm_cell(gates, c)  # the same, fused
+        """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H)."""
         i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
@@ -138,15 +140,15 @@ class Decoder(nn.Module):
             prev = state.h[layer]
             inp = prev if below is None else torch.cat([below, prev], dim=1)
             bias = x if layer == 0 else self.upper_bias[layer - 1]
-            gates = bias + linear(inp, self.recurrent[layer])  # (B, 4H)
+            gates = bias + memory.products.linear(inp, self.recurrent[layer])  # (B, 4H)
             h, c = self._cell(gates, state.c[layer])
             hs.append(h)
             cs.append(c)
             below = self.dropout(h) if layer + 1 < self.layers else h
         if not self.early:
             context, weights = self.attention(h, memory, t, state.coverage)  # (B, K), (B, S)
-        att = self.dropout(torch.tanh(linear(torch.cat([context, h], dim=1),
-                                             self.combine.weight)))  # (B, H)
+        att = self.dropout(torch.tanh(memory.products.linear(torch.cat([context, h], dim=1),
+                                                             self.combine.weight)))  # (B, H)
         coverage = None
         if self.attention.uses_coverage:
             coverage = weights if state.coverage is None else state.coverage + weights
@@ -182,18 +184,18 @@ class Decoder(nn.Module):
         attentional states and weights of each step."""
         keys = Prefixes(memory.keys)  # per-step row prefixes, one gradient buffer each
         proj = None if memory.proj is None else Prefixes(memory.proj)
+        loop = products.for_loop()  # weights packed once, their gradients one product each
         rows = 0
         outputs, weights = [], []
-        with step_loop():  # weights packed once, their gradients one product over all steps
-            for t, x_t in enumerate(xs):
-                n = x_t.size(0)
-                if n != rows:
-                    rows = n
-                    if n < state.feed.size(0):
-                        state = state.narrow(n)
-                    step_memory = Memory(keys(n), None if proj is None else proj(n),
-                                         memory.mask[:n], memory.group)
-                state, w = self.step(x_t, state, step_memory, t)
-                outputs.append(state.feed)
-                weights.append(w)
+        for t, x_t in enumerate(xs):
+            n = x_t.size(0)
+            if n != rows:
+                rows = n
+                if n < state.feed.size(0):
+                    state = state.narrow(n)
+                step_memory = Memory(keys(n), None if proj is None else proj(n),
+                                     memory.mask[:n], memory.group, loop)
+            state, w = self.step(x_t, state, step_memory, t)
+            outputs.append(state.feed)
+            weights.append(w)
         return outputs, weights

@@ -1,7 +1,9 @@
 """Score functions: how well each source annotation matches the decoder's query.
 
-    proj = score.project(keys)             # once per batch (None when nothing to precompute)
-    scores = score(query, keys, proj)      # once per target step, (B, S), before any masking
+    proj = score.project(keys)                   # once per batch (None: nothing to precompute)
+    scores = score(query, keys, proj, products)  # per target step, (B, S), before any masking
+
+`products.linear(x, W)` is x W^T, run as the caller chose (`nmt.fast.products`).
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
 A size of the additive scorer. Keys have N = B / g rows, each shared by g consecutive queries
@@ -15,8 +17,8 @@ import abc
 import torch
 from torch import nn
 
-from nmt import kernels
-from nmt.fast.deferred import linear
+from nmt.fast import kernels
+from nmt.fast.products import PLAIN, Products
 
 
 class Score(nn.Module, abc.ABC):
@@ -25,8 +27,8 @@ class Score(nn.Module, abc.ABC):
         return None
 
     @abc.abstractmethod
-    def forward(self, query: torch.Tensor, keys: torch.Tensor,
-                proj: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
+                products: Products = PLAIN) -> torch.Tensor:
         """(B, Q) query, (N, S, K) keys -> (B, S) unnormalised scores."""
 
 
@@ -43,9 +45,9 @@ class AdditiveScore(Score):
     Computed as 2 v^T sigmoid(2 (W q + U k_j)), which is v^T tanh(...) + sum(v): tanh(z) =
     2 sigmoid(2z) - 1, and the constant sum(v), the same for every j, leaves the attention
     weights unchanged (softmax, argmax and the window of local attention ignore it). On a CPU,
-    sigmoid is about 3x faster than tanh, and this is the largest element-wise operation of a
+    sigmoid is cheaper than tanh, and this is the largest element-wise operation of a
     decoder step, (B, S, A): on float32 CPU tensors it runs as one fused kernel
-    (`nmt.kernels.additive_score`). `project` returns 2 U k_j."""
+    (`nmt.fast.kernels.additive_score`). `project` returns 2 U k_j."""
 
     def __init__(self, query_size: int, key_size: int, size: int) -> None:
         super().__init__()
@@ -56,23 +58,23 @@ class AdditiveScore(Score):
     def project(self, keys: torch.Tensor) -> torch.Tensor:
         return 2 * self.key_layer(keys)  # (B, S, A)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor,
-                proj: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
+                products: Products = PLAIN) -> torch.Tensor:
         n, s, a = keys.size(0), keys.size(1), self.v.in_features
-        q = 2 * linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
+        q = 2 * products.linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
         if proj.dim() == 3 and kernels.usable(proj, q):  # fused: one pass, no (N, g, S, A)
             return kernels.additive_score(proj, q, self.v.weight.view(-1)).view(-1, s)
         if proj.dim() == 3:
             proj = proj.unsqueeze(1)  # (N, 1, S, A), or (N, g, S, A) as given
         z = proj + q.unsqueeze(2)  # (N, g, S, A)
-        return 2 * linear(torch.sigmoid(z), self.v.weight).view(-1, s)  # (B, S)
+        return 2 * products.linear(torch.sigmoid(z), self.v.weight).view(-1, s)  # (B, S)
 
 
 class DotScore(Score):
     """Luong et al. (2015), Eq. 8, *dot*: score(h_t, h_s) = h_t^T h_s (needs Q == K)."""
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor,
-                proj: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
+                products: Products = PLAIN) -> torch.Tensor:
         return _per_query(keys, query)  # (B, S)
 
 
@@ -87,8 +89,8 @@ class GeneralScore(Score):
     def project(self, keys: torch.Tensor) -> torch.Tensor:
         return self.key_layer(keys)  # (B, S, Q)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor,
-                proj: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
+                products: Products = PLAIN) -> torch.Tensor:
         return _per_query(proj, query)  # (B, S)
 
 

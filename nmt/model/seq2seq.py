@@ -7,14 +7,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt import kernels
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
-from nmt.fast.deferred import linear
+from nmt.fast.products import PLAIN, Products
 from nmt.model.attention import Memory, build_attention
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
@@ -53,11 +54,14 @@ class Seq2Seq(nn.Module):
         self.encoder, self.bridge, self.decoder, self.generator = (
             encoder, bridge, decoder, generator)
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[Memory, DecoderState]:
-        """src (B, S), src_len (B,) -> attention memory and the decoder's initial state."""
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor, products: Products = PLAIN
+               ) -> tuple[Memory, DecoderState]:
+        """src (B, S), src_len (B,) -> attention memory and the decoder's initial state; the
+        decoder's steps over this memory run their products with `products`."""
         annotations, final = self.encoder(src, src_len)  # (B, S, K)
         mask = src != PAD  # (B, S)
-        return self.decoder.attention.prepare(annotations, mask), self.bridge(final)
+        memory = self.decoder.attention.prepare(annotations, mask)
+        return replace(memory, products=products), self.bridge(final)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor,
                 tgt_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +81,12 @@ class Seq2Seq(nn.Module):
         att = self.decoder.real_tokens(tgt_in, tgt_len, state, memory)  # (N, H)
         gold = tgt_out.t()[tgt_out.t() != PAD]  # (N,), time-major as att
         logits = self.generator(att)  # (N, V)
-        if kernels.usable(logits):  # fused: the gradient comes out of the same pass
-            loss = kernels.cross_entropy(logits, gold, label_smoothing)
-        else:
-            loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
         return loss, gold.numel()
 
-    def log_probs(self, att: torch.Tensor) -> torch.Tensor:
+    def log_probs(self, att: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
         """(B, H) attentional states -> (B, V) log-probabilities of the next token."""
-        return torch.log_softmax(linear(att, self.generator.weight), dim=-1)
+        return torch.log_softmax(products.linear(att, self.generator.weight), dim=-1)
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:

@@ -1,46 +1,39 @@
-"""Linear layers applied at every step of a recurrent loop, made cheap on a CPU.
+"""The weight products of a recurrent loop, made cheap on a CPU, chosen by the caller.
 
 A decoder multiplies the same weight W (O, D) by a thin (B, D) input at each of T steps, then,
 in the backward pass, its output gradient by W again, and autograd sums T thin products
 x_t^T g_t into W's gradient. Thin products are slow on a CPU, because every call re-reads and
-re-packs all of W for only B rows. Inside `step_loop()`, `linear` instead
+re-packs all of W for only B rows. The model computes each such product as
+`products.linear(x, W)`, where its caller chose `products`:
 
-  * packs W once per loop for oneDNN (and W^T once per backward pass), so each step's product
-    reads the packed copy: up to 3x faster for B of 10-25 rows here, less for wider B;
-  * records each step's x_t and output gradient g_t during the backward pass and computes W's
+  * `PLAIN`: F.linear, the model as written;
+  * `for_loop()`, one teacher-forced loop (training, the validation loss): packs W once for
+    oneDNN (and W^T once per backward pass), so each step's product reads the packed copy, and
+    records each step's x_t and output gradient g_t during the backward pass to compute W's
     gradient as one product over all T * B rows,
 
         dL/dW = [g_1; ...; g_T]^T [x_1; ...; x_T]          (O, T*B) @ (T*B, D)
 
     the same sum, up to floating-point rounding. The input gradients g_t W stay per step, as
-    the recurrence needs them.
+    the recurrence needs them;
+  * `for_inference(int8)`, a translator's: weights packed once, at first use, and kept with
+    other values derived from them (`kept`: the decoder's gate table) for as long as the object
+    lives, so the weights must not change meanwhile. With `int8`, the weights are packed as
+    8-bit integers instead, one scale per output row, and each product quantizes its input on
+    the fly (torch's dynamic quantization, fbgemm): faster products, slightly different results.
 
-Outside the block, and inside it for anything but fp32 on a CPU (CUDA, autocast), `linear` is
-`F.linear`.
+Anything but fp32 on a CPU (CUDA, autocast) runs F.linear in all of them.
 
-`step_loop(int8=True)`, for inference on a CPU only, packs the weights as 8-bit integers instead,
-one scale per output row, and each product quantizes its input on the fly (torch's dynamic
-quantization, fbgemm): faster products, slightly different results.
-
-Without gradients, each loop packs its weights once; inside `keep_packs()`, every loop of the
-block reuses the same packs (and other values derived from weights, through `kept`: the
-decoder's gate table), so the weights must not change there (a translation, a validation).
-Packs cannot follow weight updates by themselves: fused optimizers update parameters in place
-without bumping their version counter.
-
-How: the first use of a weight in the block passes it through `Root`, an identity whose backward
-runs only after every step that used it (they all depend on it), and so is the one place that
-sees all the recorded pairs and returns the weight's whole gradient, once.
+How the gradient is deferred: a loop's first use of a weight passes it through `Root`, an
+identity whose backward runs only after every step that used it (they all depend on it), and so
+is the one place that sees all the recorded pairs and returns the weight's whole gradient, once.
 """
-
 from __future__ import annotations
 
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -127,58 +120,66 @@ class _PackedInt8:
         return torch.ops.quantized.linear_dynamic(x.contiguous(), self.weight, True)
 
 
-_KEPT: ContextVar[dict | None] = ContextVar("keep_packs", default=None)
+class Products:
+    """The products of the model as written: F.linear, nothing packed, nothing kept."""
 
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
+        return F.linear(x, weight)
 
-@contextmanager
-def keep_packs() -> Iterator[None]:
-    """Inference packs made in the block are reused by every later loop in it; the weights must
-    not change until it ends. Nested blocks share the outermost one's packs."""
-    token = _KEPT.set({}) if _KEPT.get() is None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _KEPT.reset(token)
-
-
-def kept(weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
-    """A value derived from `weight`, made once per `keep_packs()` block; None outside one."""
-    block = _KEPT.get()
-    if block is None or not fast.enabled():
+    def kept(self, weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
+        """A value derived from `weight`, made once and kept; None where nothing is kept."""
         return None
-    key = (id(weight), kind)  # the block holds the weight, so its id stays its own
-    if key not in block:
-        block[key] = (weight, make())
-    return block[key][1]
 
 
-def _inference_pack(weight: torch.Tensor, rows: int, int8: bool) -> _Packed | _PackedInt8:
-    def make() -> _Packed | _PackedInt8:
-        if int8 and int8_products():
-            return _PackedInt8(weight.detach())
-        return _Packed(weight.detach(), rows)
-
-    return kept(weight, "int8" if int8 else "fp32", make) or make()
+PLAIN = Products()
 
 
-class _Loop:
+def for_loop() -> Products:
+    """The products of one teacher-forced step loop: a new object per loop."""
+    return _StepLoop() if fast.on("products") else PLAIN
+
+
+def for_inference(int8: bool = False) -> Products:
+    """A translator's products: packs made once (8-bit ones with `int8`, where fbgemm works),
+    kept while the object lives; the weights must not change meanwhile."""
+    return _Inference(int8) if fast.enabled() else PLAIN
+
+
+class _Inference(Products):
     def __init__(self, int8: bool) -> None:
         self.int8 = int8
-        self.records: dict[int, tuple[_Record, torch.Tensor]] = {}  # record, alias in the graph
+        self.values: dict[tuple[int, str], tuple[torch.Tensor, object]] = {}
+
+    def kept(self, weight: torch.Tensor, kind: str, make: Callable[[], T]) -> T | None:
+        key = (id(weight), kind)  # the entry holds the weight, so its id stays its own
+        if key not in self.values:
+            self.values[key] = (weight, make())
+        return self.values[key][1]  # type: ignore[return-value]
+
+    def _pack(self, weight: torch.Tensor, rows: int) -> _Packed | _PackedInt8 | None:
+        if self.int8 and int8_products():
+            return _PackedInt8(weight.detach())
+        if fast.on("products") and _packable(weight):
+            return _Packed(weight.detach(), rows)
+        return None
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or not _handled(x, weight) or min(weight.shape) < MIN_PACKED:
+            return F.linear(x, weight)
+        rows = max(1, x.numel() // x.size(-1))
+        pack = self.kept(weight, "int8" if self.int8 else "fp32", lambda: self._pack(weight, rows))
+        return F.linear(x, weight) if pack is None else pack(x)
 
 
 class _Record:
-    """One weight's state in the loop: its packed copies and the (input, output gradient) pairs
+    """One weight's state in a loop: its packed copies and the (input, output gradient) pairs
     of its uses. The alias's graph node holds the record, so the record must not hold the alias
     (the loop does)."""
 
-    def __init__(self, weight: torch.Tensor, x: torch.Tensor, int8: bool) -> None:
+    def __init__(self, weight: torch.Tensor, x: torch.Tensor) -> None:
         self.rows = max(1, x.numel() // x.size(-1))
-        self.packed: _Packed | _PackedInt8 | None = None
-        if _packable(weight):
-            self.packed = (_Packed(weight.detach(), self.rows) if torch.is_grad_enabled()
-                           else _inference_pack(weight, self.rows, int8))
+        self.packed = _Packed(weight.detach(), self.rows) if _packable(weight) else None
         self.packed_t: _Packed | None = None  # W^T, for the input gradients
         self.inputs: list[torch.Tensor] = []  # each (N_t, D)
         self.grads: list[torch.Tensor] = []  # each (N_t, O)
@@ -237,31 +238,18 @@ class _Linear(torch.autograd.Function):
         return grad_x, None, None  # the weight's gradient comes from Root
 
 
-_LOOP: ContextVar[_Loop | None] = ContextVar("step_loop", default=None)
+class _StepLoop(Products):
+    def __init__(self) -> None:
+        self.records: dict[int, tuple[_Record, torch.Tensor]] = {}  # record, alias in the graph
 
-
-@contextmanager
-def step_loop(int8: bool | None = None) -> Iterator[None]:
-    """Within the block, `linear` packs weights once and defers weight gradients. `int8`
-    (inference only; None: as the enclosing block, else False) packs them as 8-bit integers."""
-    outer = _LOOP.get()
-    token = _LOOP.set(_Loop(bool(outer and outer.int8) if int8 is None else int8))
-    try:
-        yield
-    finally:
-        _LOOP.reset(token)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
-    loop = _LOOP.get()
-    if loop is None or not fast.enabled() or not _handled(x, weight):
-        return F.linear(x, weight)
-    if id(weight) not in loop.records:
-        record = _Record(weight, x, loop.int8)
-        alias = Root.apply(weight, record) if torch.is_grad_enabled() else weight
-        loop.records[id(weight)] = record, alias
-    record, alias = loop.records[id(weight)]
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return _Linear.apply(x, alias, record)
-    return record.forward(x, weight)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if not _handled(x, weight):
+            return F.linear(x, weight)
+        if id(weight) not in self.records:
+            record = _Record(weight, x)
+            alias = Root.apply(weight, record) if torch.is_grad_enabled() else weight
+            self.records[id(weight)] = record, alias
+        record, alias = self.records[id(weight)]
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _Linear.apply(x, alias, record)
+        return record.forward(x, weight)

@@ -1,0 +1,206 @@
+"""Fused CPU operators (`kernels.cpp`), PyTorch custom operators built on first use.
+
+    if kernels.usable(proj, q):
+        scores = kernels.additive_score(proj, q, v)      # (N, G, S), differentiable
+
+`torch.ops.nmt.additive_score` is defined in C++ with its schema (`TORCH_LIBRARY`), built with
+`torch.utils.cpp_extension` for this machine (`-march=native`) into the cache directory
+(`$NMT_CACHE_DIR`, else `$XDG_CACHE_HOME/nmt` or `~/.cache/nmt`), in a folder named by a hash of
+the source, the flags, the compiler and its version, torch's version and the CPU, under a lock
+that concurrent first uses wait on. Its fake implementation (for torch.compile and meta tensors)
+and its autograd formula are registered here with `torch.library`.
+
+Without a C++ compiler, or with the score kernel switched off (`nmt.fast`), `usable` is False
+and callers use their plain PyTorch formula, which computes the same values (the tests hold the
+two to float32 rounding). The operator takes float32 tensors on the CPU only; CUDA and autocast
+keep the plain formula.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+from nmt import fast, lock
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"]
+
+_loaded: bool | None = None  # None: not tried yet
+_loading = threading.Lock()
+
+
+def cache_dir() -> Path:
+    if os.environ.get("NMT_CACHE_DIR"):
+        return Path(os.environ["NMT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nmt"
+
+
+# /proc/cpuinfo lines that -march=native depends on: x86 names the model and flags, ARM the
+# implementer, part and features.
+_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture",
+               "CPU variant", "CPU part", "CPU revision")
+
+
+def _cpu_id(cpuinfo: str | None = None) -> str:
+    """What -march=native depends on: the machine and the first CPU's model and features."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    lines = cpuinfo.split("\n\n")[0].splitlines()
+    keep = [line for line in lines if line.startswith(_CPU_FIELDS)]
+    return "\n".join([platform.machine(), platform.processor(), *keep])
+
+
+def compiler() -> list[str]:
+    """The C++ compiler torch.utils.cpp_extension uses: $CXX (which may hold a wrapper, such as
+    "ccache g++"), else c++."""
+    return shlex.split(os.environ.get("CXX") or "c++")
+
+
+def _compiler_version(cxx: list[str]) -> str:
+    try:
+        out = subprocess.run([*cxx, "--version"], capture_output=True, text=True)
+    except OSError:
+        return ""
+    return out.stdout.strip()
+
+
+def build_dir(cxx: list[str]) -> Path:
+    """Where this source, these flags, this compiler and torch, and this CPU build to."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, *cxx, _compiler_version(cxx),
+                                    torch.__version__, _cpu_id()]).encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / key
+
+
+def _ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; the `ninja` package installs one beside Python."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def _program(cxx: list[str], folder: Path) -> str:
+    """cpp_extension runs $CXX as one program: a command line ("ccache g++") becomes a script."""
+    if len(cxx) == 1:
+        return cxx[0]
+    script = folder / "cxx"
+    script.write_text(f'#!/bin/sh\nexec {shlex.join(cxx)} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def _build_and_load(cxx: list[str], folder: Path) -> None:
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("CXX")
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # its warnings about the compiler
+    level = quiet.level
+    try:
+        with lock.hold(folder / ".lock", f"the kernel build in {folder}", wait=True):
+            os.environ["CXX"] = _program(cxx, folder)
+            quiet.setLevel(logging.ERROR)
+            cpp_extension.load(name="nmt_kernels", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                               build_directory=str(folder), is_python_module=False,
+                               verbose=False)
+    finally:
+        quiet.setLevel(level)
+        if saved is None:
+            os.environ.pop("CXX", None)
+        else:
+            os.environ["CXX"] = saved
+
+
+def _find_or_build() -> bool:
+    """Loads the operators into torch (building them first where needed) -> whether they are
+    there. A damaged build is removed and built once more."""
+    if not fast.on("score"):
+        return False
+    cxx = compiler()
+    if shutil.which(cxx[0]) is None:
+        log.warning("no C++ compiler (%s) found: the fused CPU kernels are off, training is "
+                    "slower", cxx[0])
+        return False
+    folder = build_dir(cxx)
+    for attempt in range(2):
+        try:
+            _build_and_load(cxx, folder)
+            log.debug("fused CPU kernels: %s", folder)
+            return True
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            log.debug("building %s in %s failed: %s", SOURCE.name, folder, err)
+            damaged = (folder / "nmt_kernels.so").exists()  # built, but does not load
+            if attempt or not damaged:
+                break
+            shutil.rmtree(folder, ignore_errors=True)  # built again, once
+    log.warning("could not build %s: the fused CPU kernels are off, training is slower "
+                "(--verbose shows the compiler's output)", SOURCE.name)
+    return False
+
+
+def load() -> bool:
+    """Whether the operators are registered, building them if needed. The first call decides,
+    once, for every thread."""
+    global _loaded
+    with _loading:
+        if _loaded is None:
+            _loaded = _find_or_build()
+            if _loaded:
+                _register()
+    return _loaded
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True where the operators apply: float32 CPU tensors, no autocast, operators built."""
+    return (fast.on("score")
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu") and load())
+
+
+def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """proj (N, S, A), q (N, G, A), v (A,) -> (N, G, S) scores
+    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three."""
+    return torch.ops.nmt.additive_score(proj, q, v)
+
+
+def _register() -> None:
+    """The operators' fake implementations and autograd formula."""
+
+    @torch.library.register_fake("nmt::additive_score")
+    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return proj.new_empty(proj.size(0), q.size(1), proj.size(1))
+
+    @torch.library.register_fake("nmt::additive_score_backward")
+    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor, dscore: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.empty_like(proj), torch.empty_like(q),
+                proj.new_empty(proj.size(0), proj.size(2)))
+
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, dscore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        proj, q, v = ctx.saved_tensors
+        dproj, dq, dv_rows = torch.ops.nmt.additive_score_backward(proj, q, v, dscore)
+        return dproj, dq, dv_rows.sum(0)  # (A,): the rows' shares, summed in a fixed order
+
+    torch.library.register_autograd("nmt::additive_score", backward,
+                                    setup_context=setup_context)

@@ -1,0 +1,129 @@
+"""What each piece of the fast layer (`nmt.fast`) buys, measured side by side in one process.
+
+    python scripts/ablate.py [--batches 60] [--sentences 300] [--repeats 3]
+
+Training: one copy of the configs/bench.yaml model per variant (every piece on; each piece off
+alone; every piece off, the plain model), all trained on the same batches with the same
+optimizer, the variants taking turns on each batch (in alternating order), so that the
+machine's drift reaches them all alike. Beam 5: the model trained with every piece on translates
+the same test sentences under each variant, in turns, `--repeats` times (median). Prints, per
+variant, target tokens/s and sentences/s and how much faster every piece on is than it:
+"buys" 1.10x means that turning the piece off makes it 1.10x slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nmt import fast
+from nmt.config import load_config
+from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.prepare import prepare
+from nmt.inference.translator import Translator
+from nmt.model.seq2seq import build_model
+from nmt.train import build_optimizer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import test_pairs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("ablate")
+
+
+def variants() -> dict[str, frozenset[str]]:
+    every = frozenset(fast.PIECES)
+    return {"all pieces": every, **{f"no {p}": every - {p} for p in fast.PIECES},
+            "plain (NMT_FAST=0)": frozenset()}
+
+
+def train(cfg, prepared, batches: int, warmup: int) -> tuple[dict[str, float], torch.nn.Module]:
+    """Target tokens/s of each variant over the same batches -> and the all-pieces model."""
+    data = Dataset.load(prepared.ids("train"))
+    order = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
+    seed_everything(cfg.train.seed)
+    tok = prepared.tokenizer()
+    base = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+    copies = {}
+    for name in variants():
+        model = copy.deepcopy(base).train()
+        copies[name] = (model, build_optimizer(cfg.train, model)[0])
+    seconds = dict.fromkeys(copies, 0.0)
+    tokens = 0
+    names = list(copies)
+    for i, index in enumerate(order[:warmup + batches]):
+        b = collate(data, index)
+        for name in names if i % 2 == 0 else names[::-1]:
+            model, optimizer = copies[name]
+            fast._ON = variants()[name]
+            start = time.perf_counter()
+            loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out,
+                                 cfg.train.label_smoothing)
+            (loss / n).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                seconds[name] += time.perf_counter() - start
+        if i >= warmup:
+            tokens += n
+        if i % 10 == 9:
+            log.info("training: %d of %d batches", i + 1, warmup + batches)
+    fast._ON = frozenset(fast.PIECES)
+    return {name: tokens / s for name, s in seconds.items()}, copies["all pieces"][0]
+
+
+def translate(model, cfg, prepared, sentences: list[str], repeats: int) -> dict[str, float]:
+    """Beam-5 sentences/s of each variant (median of `repeats` turns)."""
+    model.eval()
+    times: dict[str, list[float]] = {name: [] for name in variants()}
+    names = list(times)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fast._ON = variants()[name]
+            translator = Translator(model, prepared.tokenizer(), replace(cfg.decode, int8=False),
+                                    4 * cfg.data.max_pieces)
+            start = time.perf_counter()
+            translator.translate(sentences, beam=5)
+            times[name].append(time.perf_counter() - start)
+        log.info("beam 5: %d of %d turns", r + 1, repeats)
+    fast._ON = frozenset(fast.PIECES)
+    return {name: len(sentences) / statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "bench.yaml")
+    ap.add_argument("--batches", type=int, default=60, help="timed batches per variant")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    ap.add_argument("--sentences", type=int, default=300, help="test sentences translated")
+    ap.add_argument("--repeats", type=int, default=3, help="timed translation turns")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    cfg = load_config(args.config)
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    prepared = prepare(cfg.data, progress=False)
+    sentences = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
+    trained, model = train(cfg, prepared, args.batches, args.warmup)
+    searched = translate(model, cfg, prepared, sentences, args.repeats)
+    every = "all pieces"
+    print(f"{torch.get_num_threads()} threads, {args.batches} batches, {len(sentences)} "
+          f"sentences\n")
+    print("| variant | train tgt tok/s | all pieces ÷ this | beam 5 sent/s | all pieces ÷ this |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in variants():
+        print(f"| {name} | {trained[name]:,.0f} | {trained[every] / trained[name]:.3f} | "
+              f"{searched[name]:.1f} | {searched[every] / searched[name]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
