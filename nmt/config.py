@@ -80,6 +80,9 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
+ScheduleKind = Literal["plateau", "warmup_decay", "constant", "linear", "cosine"]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1  # fixes data order, initialisation and dropout
@@ -88,11 +91,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     clip_norm: float = 5.0  # gradient-norm clipping (0 disables)
     label_smoothing: float = 0.1  # label smoothing of the cross-entropy loss
-    schedule: Literal["plateau", "warmup_decay", "constant"] = "plateau"  # learning-rate schedule
+    schedule: ScheduleKind = "plateau"  # learning-rate schedule (linear/cosine: see min_lr)
     warmup_steps: int = 0  # linear warm-up steps (all schedules)
     decay_factor: float = 0.5  # plateau: lr multiplier when the metric stalls
     decay_patience: int = 2  # plateau: validations without improvement before decaying
-    min_lr: float = 1.0e-5  # lower bound of the learning rate
+    min_lr: float = 1.0e-5  # lower bound of the lr; linear/cosine reach it when the budget ends
     max_steps: int = 0  # stop after this many updates (0: no limit)
     max_epochs: int = 0  # stop after this many epochs (0: no limit)
     max_minutes: float = 0.0  # stop after this much training time (0: no limit)
@@ -248,6 +251,31 @@ def _batch_holds_a_pair(cfg: Config) -> Iterator[str]:
 def _n_best_in_beam(cfg: Config) -> Iterator[str]:
     if cfg.decode.n_best > cfg.decode.beam:
         yield f"decode.n_best: {cfg.decode.n_best} is above decode.beam ({cfg.decode.beam})"
+
+
+@_reads("train.schedule", "train.max_steps", "train.max_minutes")
+def _schedule_budget(cfg: Config) -> Iterator[str]:
+    t = cfg.train
+    if t.schedule in ("linear", "cosine") and not (t.max_steps or t.max_minutes):
+        yield (f"train.schedule: {t.schedule!r} decays over the training budget: set "
+               f"train.max_steps or train.max_minutes above 0")
+
+
+@_reads("train.schedule", "train.warmup_steps", "train.max_steps", "train.max_minutes")
+def _warmup_in_budget(cfg: Config) -> Iterator[str]:
+    t = cfg.train
+    if t.schedule in ("linear", "cosine") and t.max_steps and not t.max_minutes \
+            and t.warmup_steps >= t.max_steps:
+        yield (f"train.warmup_steps: {t.warmup_steps} leaves no update of train.max_steps "
+               f"({t.max_steps}) to decay over with schedule {t.schedule!r}")
+
+
+@_reads("train.schedule", "train.lr", "train.min_lr")
+def _decays_down(cfg: Config) -> Iterator[str]:
+    t = cfg.train
+    if t.schedule in ("linear", "cosine") and t.min_lr > t.lr:
+        yield (f"train.min_lr: {t.min_lr:g} is above train.lr ({t.lr:g}): schedule "
+               f"{t.schedule!r} decays from train.lr down to train.min_lr")
 
 
 @_reads("data.corpora")

@@ -47,7 +47,8 @@ def build_optimizer(t: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim
     parameters in one pass (docs/performance.md says what it buys)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, fused=True)
     return optimizer, Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor,
-                               t.decay_patience, t.min_lr)
+                               t.decay_patience, t.min_lr, max_steps=t.max_steps,
+                               max_seconds=60 * t.max_minutes)
 
 
 LOCK = ".lock"  # in the run directory while a process trains it

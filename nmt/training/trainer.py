@@ -73,7 +73,8 @@ class Trainer:
         self.stop_signal: int | None = None  # set by a signal handler
         self._bad_in_row = 0  # non-finite losses in a row
         self._last_score: float | None = None  # of the latest validation (rank 0)
-        self._start = time.perf_counter()  # reset by run(), net of earlier runs' time
+        self.clock: Callable[[], float] = time.perf_counter  # training time is measured on it
+        self._start = self.clock()  # reset by run(), net of earlier runs' time
         self._widths = data.widths
 
     # -- state -----------------------------------------------------------------------------
@@ -143,14 +144,14 @@ class Trainer:
         p, s, main = self.progress, self.s, self.dist.main
         bar = tqdm(total=s.max_steps or None, initial=p.step, unit=" step", dynamic_ncols=True,
                    mininterval=1.0, disable=None if main else True)  # no bar off a terminal
-        self._start = time.perf_counter() - p.seconds
-        window = {"loss": 0.0, "tokens": 0, "time": time.perf_counter(), "tgt": 0}
+        self._start = self.clock() - p.seconds
+        window = {"loss": 0.0, "tokens": 0, "time": self.clock(), "tgt": 0}
         group = self.dist.world * s.accumulate  # batches per update, over all ranks
         reason = self._stop_reason()  # a resumed run may have nothing left to do
         while reason is None:
             batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
             while p.batch < len(batches) and reason is None:
-                lr = self.schedule.lr_at(p.step + 1)
+                lr = self.schedule.lr_at(p.step + 1, p.seconds)
                 done = self.update(batches[p.batch:p.batch + group], lr)
                 p.batch += group
                 if done is None:
@@ -162,15 +163,17 @@ class Trainer:
                     self._log(bar, window, lr)
                 if p.step % s.valid_every == 0:
                     self._validate(window, lr)
-                reason, self.stop_signal = distributed.from_main(
-                    self.dist, (self._stop_reason(), self.stop_signal))
+                # rank 0's clock for every rank: a schedule that reads the time stays one
+                reason, self.stop_signal, p.seconds = distributed.from_main(
+                    self.dist, (self._stop_reason(), self.stop_signal, p.seconds))
+                self.schedule.advance(p.step, p.seconds)
             if p.batch >= len(batches) and reason is None:
                 p.epoch, p.batch = p.epoch + 1, 0
                 if s.max_epochs and p.epoch >= s.max_epochs:
                     reason = f"{p.epoch} epochs done"
         bar.close()
         if self.stop_signal is None and p.last_valid_step != p.step:
-            self._validate(window, self.schedule.lr_at(p.step))
+            self._validate(window, self.schedule.lr_at(p.step, p.seconds))
         elif self.stop_signal is not None:
             self._save_last()
         if main:
@@ -219,7 +222,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         p.step += 1
         p.tgt_tokens += n_total
-        p.seconds = time.perf_counter() - self._start
+        p.seconds = self.clock() - self._start
         return value, n_total
 
     def _stop_reason(self) -> str | None:
@@ -235,7 +238,7 @@ class Trainer:
         return None
 
     def _log(self, bar: tqdm, window: dict, lr: float) -> None:
-        elapsed = time.perf_counter() - window["time"]
+        elapsed = self.clock() - window["time"]
         rate = (self.progress.tgt_tokens - window["tgt"]) / elapsed if elapsed else 0.0
         window["rate"] = rate
         loss = window["loss"] / max(1, window["tokens"])
@@ -243,7 +246,7 @@ class Trainer:
         bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} {rate:,.0f} tok/s valid in {to_valid}")
         log.log(logging.DEBUG if not bar.disable else logging.INFO,
                 "step %d loss %.4f lr %.2e %.0f tgt tok/s", self.progress.step, loss, lr, rate)
-        window["time"], window["tgt"] = time.perf_counter(), self.progress.tgt_tokens
+        window["time"], window["tgt"] = self.clock(), self.progress.tgt_tokens
 
     def _validate(self, window: dict, lr: float) -> None:
         """Validates and decides on rank 0, shares the decisions, checks that the ranks hold
@@ -256,10 +259,10 @@ class Trainer:
 
     def _validate_main(self, window: dict, lr: float) -> None:
         p, s = self.progress, self.s
-        began = time.perf_counter()
+        began = self.clock()
         v = self.validate()
-        p.valid_seconds += time.perf_counter() - began
-        p.seconds = time.perf_counter() - self._start
+        p.valid_seconds += self.clock() - began
+        p.seconds = self.clock() - self._start
         score = v.score(s.metric)
         improved = p.best_score is None or score > p.best_score
         if improved:

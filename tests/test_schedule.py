@@ -1,0 +1,210 @@
+"""Learning-rate schedules that know the training budget (`linear`, `cosine`): base when the
+warm-up ends, min_lr exactly when max_steps or max_minutes runs out, never rising on the way;
+the training time they read survives a resume and is rank 0's under several processes."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nmt import checkpoint
+from nmt.cli import app
+from nmt.config import TrainConfig, from_dict
+from nmt.data.batching import Dataset
+from nmt.errors import ConfigError
+from nmt.evaluation.validation import Validation
+from nmt.train import build_optimizer, resume_config, train
+from nmt.training.schedule import Schedule
+from nmt.training.trainer import Trainer
+
+from conftest import ROOT, small_model, tiny_config, tiny_train_command
+
+BASE, FLOOR = 0.01, 1e-4
+
+
+def budgeted(kind: str, warmup: int = 0, steps: int = 0, seconds: float = 0.0) -> Schedule:
+    return Schedule(kind, BASE, warmup, min_lr=FLOOR, max_steps=steps, max_seconds=seconds)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_step_budget_goes_from_base_to_min_lr_without_rising(kind, warmup):
+    s = budgeted(kind, warmup, steps=100)
+    assert s.lr_at(warmup) == BASE
+    assert s.lr_at(100) == FLOOR and s.lr_at(130) == FLOOR
+    after = [s.lr_at(step) for step in range(warmup, 131)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert len(set(after[:100 - warmup])) == 100 - warmup  # it decays at every update
+    if warmup:
+        ramp = [s.lr_at(step) for step in range(1, warmup + 1)]
+        assert ramp == sorted(ramp) and ramp[0] < BASE
+
+
+def test_linear_and_cosine_meet_halfway():
+    half = (BASE + FLOOR) / 2
+    assert budgeted("linear", steps=100).lr_at(50) == pytest.approx(half)
+    assert budgeted("cosine", steps=100).lr_at(50) == pytest.approx(half)
+    assert budgeted("cosine", steps=100).lr_at(25) > budgeted("linear", steps=100).lr_at(25)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_time_budget_goes_from_base_to_min_lr_without_rising(kind):
+    s = budgeted(kind, seconds=60.0)
+    assert s.lr_at(1, 0.0) == BASE
+    assert s.lr_at(1, 60.0) == FLOOR and s.lr_at(1, 75.0) == FLOOR
+    after = [s.lr_at(1 + k, k * 0.5) for k in range(151)]
+    assert all(a >= b for a, b in zip(after, after[1:])) and after[-1] == FLOOR
+
+
+def test_time_budget_decays_from_the_end_of_the_warm_up():
+    s = budgeted("linear", warmup=4, seconds=60.0)
+    for step in range(1, 5):
+        s.advance(step, 3.0 * step)  # the warm-up ends after 12 s
+    assert s.warm_seconds == 12.0
+    assert s.lr_at(4, 12.0) == BASE
+    assert s.lr_at(5, 36.0) == pytest.approx(FLOOR + (BASE - FLOOR) / 2)
+    assert s.lr_at(9, 60.0) == FLOOR
+
+
+def test_with_both_budgets_the_one_further_along_rules():
+    both = budgeted("cosine", steps=100, seconds=60.0)
+    steps_only, time_only = budgeted("cosine", steps=100), budgeted("cosine", seconds=60.0)
+    assert both.lr_at(50, 45.0) == time_only.lr_at(50, 45.0) < steps_only.lr_at(50, 45.0)
+    assert both.lr_at(90, 10.0) == steps_only.lr_at(90, 10.0) < time_only.lr_at(90, 10.0)
+    assert both.lr_at(100, 10.0) == both.lr_at(20, 60.0) == FLOOR
+
+
+def test_a_resumed_run_keeps_the_budget_of_its_config():
+    saved = budgeted("linear", steps=100).state_dict()
+    longer = budgeted("linear", steps=200)
+    longer.load_state_dict(saved)
+    assert longer.max_steps == 200 and longer.lr_at(100) > FLOOR
+
+
+# -- the trainer, on a fake clock -------------------------------------------------------------
+
+class FakeClock:
+    """Stands in for time.perf_counter; the updates below move it on by 6 s each."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def toy_data(pairs: int = 24, vocab: int = 30) -> Dataset:
+    gen = np.random.default_rng(0)
+    src_len, tgt_len = gen.integers(2, 9, pairs), gen.integers(2, 9, pairs)
+    return Dataset(gen.integers(4, vocab, int(src_len.sum())), src_len,
+                   gen.integers(4, vocab, int(tgt_len.sum())), tgt_len)
+
+
+def timed_trainer(run_dir: Path, start: float, stop_after: int = 0) -> tuple[Trainer, list]:
+    """A toy trainer on a fake clock whose updates each take 6 s, under `linear` over one
+    minute; it records each update's learning rate, and asks to stop after `stop_after`."""
+    run_dir.mkdir()
+    torch.manual_seed(0)
+    model = small_model()
+    settings = TrainConfig(batch_tokens=40, lr=BASE, min_lr=FLOOR, schedule="linear",
+                           max_minutes=1.0, valid_every=1000, log_every=1000)
+    optimizer, schedule = build_optimizer(settings, model)
+    trainer = Trainer(model, optimizer, schedule, toy_data(), lambda: Validation(1.0, 0.0, 0.0),
+                      settings, run_dir, {"config": {}, "tokenizer": {}}, torch.device("cpu"))
+    trainer.clock = clock = FakeClock(start)
+    rates: list[float] = []
+    update = trainer.update
+
+    def six_seconds(group, lr):
+        rates.append(lr)
+        clock.now += 6.0
+        if len(rates) == stop_after:
+            trainer.stop_signal = 15
+        return update(group, lr)
+
+    trainer.update = six_seconds
+    return trainer, rates
+
+
+def test_minutes_budget_reaches_min_lr_when_the_time_is_up(tmp_path):
+    trainer, rates = timed_trainer(tmp_path / "run", start=100.0)
+    progress = trainer.run()
+    assert progress.step == 10 and progress.seconds == 60.0  # ten updates of 6 s
+    assert rates == pytest.approx([FLOOR + (BASE - FLOOR) * (1 - k / 10) for k in range(10)])
+    assert trainer.schedule.lr_at(progress.step, progress.seconds) == FLOOR
+
+
+def test_resume_restores_the_training_time_the_schedule_reads(tmp_path):
+    whole, whole_rates = timed_trainer(tmp_path / "whole", start=0.0)
+    whole.run()
+    first, first_rates = timed_trainer(tmp_path / "part", start=0.0, stop_after=4)
+    first.run()
+    saved = checkpoint.load(tmp_path / "part" / "last.pt")
+    assert saved["resume"]["progress"]["seconds"] == 24.0
+    rest, rest_rates = timed_trainer(tmp_path / "rest", start=5000.0)  # another clock origin
+    rest.model.load_state_dict(saved["model"])
+    rest.load_resume_state(saved["resume"])
+    rest.run()
+    assert first_rates + rest_rates == whole_rates
+    a, b = whole.model.state_dict(), rest.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_resume_ends_with_the_same_weights(tmp_path):
+    """Stopped by an epoch limit, resumed without it: the same budget all along."""
+    settings = {"schedule": "cosine", "max_steps": 30, "valid_every": 10,
+                "valid_max_sentences": 4}
+    full = train(tiny_config(tmp_path, **settings), runs_dir=tmp_path / "a")
+    part = train(tiny_config(tmp_path, max_epochs=1, **settings), runs_dir=tmp_path / "b")
+    stopped = checkpoint.load(part / "last.pt")["step"]
+    assert 0 < stopped < 30
+    resumed = train(resume_config(part, ["train.max_epochs=0"]), resume=part)
+    a, b = (checkpoint.load(r / "last.pt")["model"] for r in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(full / "metrics.csv", newline="") as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-5)
+
+
+def test_two_processes_read_one_clock(tmp_path):
+    """Each process measures its own time; the learning rate must follow rank 0's, or the
+    copies drift apart (the ranks compare weight digests at each validation)."""
+    run = subprocess.run(tiny_train_command(
+        tmp_path, tmp_path / "runs", "--set", "train.schedule=linear",
+        "--set", "train.max_minutes=0.03", "--set", "train.max_steps=0",
+        "--set", "train.valid_every=5", "--nproc", "2"), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    log = (tmp_path / "runs" / "tiny" / "train.log").read_text()
+    assert "the 2 processes hold identical parameters" in log
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_budgeted_schedules_need_a_budget(kind):
+    with pytest.raises(ConfigError, match=rf"train.schedule: '{kind}' decays over the training "
+                                          r"budget: set train.max_steps or train.max_minutes"):
+        from_dict({"train": {"schedule": kind}})
+    assert from_dict({"train": {"schedule": kind, "max_minutes": 5.0}}).train.schedule == kind
+
+
+def test_budgeted_schedule_problems_are_named():
+    with pytest.raises(ConfigError, match="train.warmup_steps: 100 leaves no update"):
+        from_dict({"train": {"schedule": "linear", "max_steps": 100, "warmup_steps": 100}})
+    with pytest.raises(ConfigError, match=r"train.min_lr: 0.1 is above train.lr \(0.001\)"):
+        from_dict({"train": {"schedule": "cosine", "max_steps": 100, "min_lr": 0.1}})
+
+
+def test_cli_names_the_missing_budget_in_one_line():
+    result = CliRunner().invoke(app, ["train", "-c", str(ROOT / "configs" / "tiny.yaml"),
+                                      "--set", "train.schedule=cosine",
+                                      "--set", "train.max_steps=0"])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "train.schedule: 'cosine' decays over the training budget" in result.stderr
