@@ -10,8 +10,9 @@ A checkpoint is a plain dict of tensors and plain data (never a pickled module),
     step, score          update count and validation score when written
     resume               (last.pt only) optimizer, schedule, trainer progress and RNG states
 
-Run directory: last.pt (resumable), step-N.pt for the best `keep_best` validations, best.pt (a
-symlink to the best of them), config.yaml, spm.*.model, train.log, metrics.csv.
+Run directory: last.pt (resumable), step-N.pt for the best `keep_best` validations and the last
+`average_last` ones, best.pt (a symlink to the best of them), averaged.pt (the mean of the last
+`average_last`, nmt.training.averaging), config.yaml, spm.*.model, train.log, metrics.csv.
 """
 
 from __future__ import annotations
@@ -120,12 +121,17 @@ def set_best(run_dir: Path, target: Path) -> None:
     _fsync_dir(run_dir)
 
 
-def rotate(run_dir: Path, kept: list[tuple[float, int]], keep: int) -> list[tuple[float, int]]:
-    """Keeps the `keep` best (score, step) checkpoints (higher is better); deletes the others."""
+def rotate(run_dir: Path, kept: list[tuple[float, int]], keep: int,
+           keep_last: int = 0) -> list[tuple[float, int]]:
+    """Keeps the `keep` best (score, step) checkpoints (higher is better) and the `keep_last`
+    newest; deletes the others. Returns those kept, best first."""
     kept = sorted(kept, key=lambda x: (-x[0], x[1]))
-    for _, step in kept[keep:]:
-        (run_dir / f"step-{step}.pt").unlink(missing_ok=True)
-    return kept[:keep]
+    newest = set(sorted(step for _, step in kept)[-keep_last:]) if keep_last else set()
+    stay = [x for rank, x in enumerate(kept) if rank < keep or x[1] in newest]
+    for score_step in kept:
+        if score_step not in stay:
+            (run_dir / f"step-{score_step[1]}.pt").unlink(missing_ok=True)
+    return stay
 
 
 def resolve(path: Path | str) -> Path:

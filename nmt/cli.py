@@ -320,6 +320,25 @@ def eval_cmd(
              as_json, device, int8)
 
 
+@app.command("average")
+@handle_errors
+def average_cmd(
+    paths: Annotated[list[Path], typer.Argument(
+        help="A run directory (with --last or --best), or checkpoint files.")],
+    last: Annotated[Optional[int], typer.Option(
+        "--last", min=1, help="Average the run's K newest step-N.pt checkpoints.")] = None,
+    best: Annotated[Optional[int], typer.Option(
+        "--best", min=1, help="Average the run's K best-scoring step-N.pt checkpoints.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Checkpoint to write (default: averaged.pt in the run "
+                               "directory, or beside the first file).")] = None,
+) -> None:
+    """Average checkpoints of one model into one checkpoint (the mean of their weights)."""
+    from nmt.training.averaging import average_command
+
+    typer.echo(str(average_command(paths, last or 0, best or 0, output)))
+
+
 @app.command("serve")
 @handle_errors
 def serve_cmd(

@@ -104,6 +104,7 @@ class TrainConfig:
     metric: Literal["bleu", "chrf", "loss"] = "bleu"  # selects the best checkpoint
     patience: int = 0  # stop after N validations without improvement (0: never)
     keep_best: int = 2  # best checkpoints kept besides last.pt
+    average_last: int = 0  # average the last K validation checkpoints into averaged.pt (0: off)
     threads: int = 0  # CPU threads for torch (0: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "cpu"  # where to train
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: mixed on CUDA, fp32 on CPU
@@ -173,6 +174,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.valid_max_sentences", lambda v: v >= 0, ">= 0"),
     ("train.patience", lambda v: v >= 0, ">= 0"),
     ("train.keep_best", lambda v: v >= 1, ">= 1"),
+    ("train.average_last", lambda v: v >= 0, ">= 0"),
     ("train.threads", lambda v: v >= 0, ">= 0"),
     ("train.log_every", lambda v: v >= 1, ">= 1"),
     ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),

@@ -11,6 +11,7 @@ import logging
 import random
 import shutil
 import signal
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,10 +26,10 @@ from nmt.data.prepare import Prepared, prepare
 from nmt.data.report import batching_line
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
-from nmt.evaluation.validation import make_validator
+from nmt.evaluation.validation import Validation, make_validator
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
-from nmt.training import distributed
+from nmt.training import averaging, distributed
 from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
@@ -156,6 +157,8 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
              batching_line(trainer.data, t.batch_tokens, t.seed), d.world * t.accumulate)
     with _signals(trainer):
         trainer.run()
+    if d.main and trainer.stop_signal is None and t.average_last:
+        _average_last(trainer, validate, t.average_last, t.metric)
     distributed.barrier(d)  # rank 0 has written its files: no process leaves before the others
     if trainer.stop_signal is not None and not d.main:
         raise SystemExit(128 + trainer.stop_signal)  # rank 0 tells the user
@@ -163,6 +166,28 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         raise Interrupted(trainer.stop_signal, f"interrupted at step {trainer.progress.step}; "
                           f"saved {run_dir / 'last.pt'} (continue with --resume {run_dir})")
     return run_dir
+
+
+def _average_last(trainer: Trainer, validate: Callable[[], Validation], k: int,
+                  metric: str) -> None:
+    """Writes averaged.pt, the mean of the last `k` validation checkpoints, and logs its
+    validation scores beside the best checkpoint's."""
+    p, run_dir = trainer.progress, trainer.run_dir
+    steps = sorted(step for _, step in p.kept)[-k:]
+    if len(steps) < k:
+        log.warning("train.average_last is %d, but %d validation checkpoint(s) exist: averaging "
+                    "those", k, len(steps))
+    data = averaging.average([run_dir / f"step-{step}.pt" for step in steps])
+    model = trainer.model
+    trained = {name: v.detach().clone() for name, v in model.state_dict().items()}
+    model.load_state_dict(data["model"])
+    v = validate()
+    model.load_state_dict(trained)
+    data["score"] = v.score(metric)
+    checkpoint.save(run_dir / averaging.AVERAGED, data)
+    log.info("%s, the mean of steps %s: loss %.3f BLEU %.2f chrF %.2f (best.pt: %s %.2f at "
+             "step %d)", averaging.AVERAGED, ", ".join(map(str, steps)), v.loss, v.bleu, v.chrf,
+             metric, p.best_score if metric != "loss" else -p.best_score, p.best_step)
 
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:

@@ -144,7 +144,8 @@ def test_cli_train_cuda_without_gpu(tmp_path):
 
 # What --help must show whatever else changes; the test also checks every other command and
 # option the app registers, so these only keep the registry itself from losing one unnoticed.
-COMMANDS = {(): {"train", "translate", "eval", "data"}, ("data",): {"download", "prepare"}}
+COMMANDS = {(): {"train", "translate", "eval", "average", "data"},
+            ("data",): {"download", "prepare"}}
 OPTIONS = {
     (): {"--verbose", "--version"},
     ("train",): {"--config", "--set", "--resume", "--overwrite", "--runs-dir", "--device",
@@ -154,6 +155,7 @@ OPTIONS = {
                      "--explain", "--int8", "--no-int8", "--device"},
     ("eval",): {"--checkpoint", "--src", "--ref", "--tsv", "--beam", "--chrf", "--ter",
                 "--metrics", "--by-length", "--output", "--plot", "--json", "--int8", "--device"},
+    ("average",): {"--last", "--best", "--output"},
     ("data", "download"): {"--dest", "--from", "--list"},
     ("data", "prepare"): {"--config", "--set"},
 }

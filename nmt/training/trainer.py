@@ -284,10 +284,12 @@ class Trainer:
         log.info("validation at step %d: loss %.3f ppl %s BLEU %.2f chrF %.2f%s", p.step, v.loss,
                  row["valid_ppl"], v.bleu, v.chrf, " (best)" if improved else "")
         window["loss"], window["tokens"] = 0.0, 0
-        if improved:
+        if improved or s.average_last:  # averaging needs the last ones, better or not
             path = self._save(f"step-{p.step}.pt", score)
             p.kept = [list(x) for x in checkpoint.rotate(
-                self.run_dir, [tuple(x) for x in p.kept] + [(score, p.step)], s.keep_best)]
+                self.run_dir, [tuple(x) for x in p.kept] + [(score, p.step)], s.keep_best,
+                s.average_last)]
+        if improved:
             checkpoint.set_best(self.run_dir, path)
         self._last_score = score
 
