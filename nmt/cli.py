@@ -286,8 +286,8 @@ def translate_cmd(
 @handle_errors
 def eval_cmd(
     checkpoint: Annotated[Optional[list[Path]], typer.Option(
-        "--checkpoint", help="Checkpoint or run directory; repeat to compare in --by-length "
-        "(default: newest run's best.pt).")] = None,
+        "--checkpoint", help="Checkpoint or run directory; repeat to compare them, the first "
+        "being the baseline (default: newest run's best.pt).")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", help="English test sentences.")] = None,
     ref: Annotated[Optional[Path], typer.Option("--ref", help="Portuguese references.")] = None,
     tsv: Annotated[Optional[Path], typer.Option(
@@ -305,6 +305,9 @@ def eval_cmd(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="PNG for --by-length (default: beside the hypotheses).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", min=0, help="Paired bootstrap resamples when comparing checkpoints on "
+                                   "one test set (0: no test).")] = 1000,
     int8: Int8Opt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -317,7 +320,7 @@ def eval_cmd(
         raise UsageError("give --tsv or --src/--ref, not both")
     names = metric_names(metrics, chrf, ter)
     run_eval(checkpoint or [None], src, ref, tsv, beam, names, by_length, output, plot,
-             as_json, device, int8)
+             as_json, device, int8, bootstrap)
 
 
 @app.command("average")

@@ -1,5 +1,6 @@
-"""`nmt eval`: score one or more checkpoints on a test set and print the result. Only the CLI
-imports this module."""
+"""`nmt eval`: score one or more checkpoints on a test set and print the result; several
+checkpoints on one test set are compared by paired bootstrap resampling. Only the CLI imports
+this module."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from nmt.errors import UsageError
 from nmt.evaluation.evaluate import EvalResult, evaluate, read_test_set
 from nmt.evaluation.metrics import METRICS
+from nmt.evaluation.significance import DEFAULT_RESAMPLES, Comparison, paired_bootstrap
 from nmt.inference.translator import load_translator
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,11 @@ def metric_names(metrics: str | None, chrf: bool, ter: bool) -> tuple[str, ...]:
 def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
              tsv: Path | None, beam: int | None, names: tuple[str, ...], lengths: bool,
              output: Path | None, plot: Path | None, as_json: bool, device: str,
-             int8: bool | None = None) -> None:
+             int8: bool | None = None, bootstrap: int = DEFAULT_RESAMPLES) -> None:
     if output is not None and len(checkpoints) > 1:
         raise UsageError("--output names one file: use it with one --checkpoint")
     results: list[EvalResult] = []
+    test_sets: list[tuple[list[str], list[str]]] = []
     for ckpt in checkpoints:
         translator = load_translator(ckpt, device, int8=int8)
         run_dir = translator.path.parent
@@ -51,6 +54,8 @@ def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
         hyp_path = output or run_dir / f"{test_name}.beam{b}.hyp.txt"
         results.append(evaluate(translator, sources, refs, b, names, hyp_path,
                                 str(translator.path), lengths))
+        test_sets.append((sources, refs))
+    comparison = _compare(results, test_sets, names, bootstrap)
     if lengths:
         from nmt.evaluation.plots import bleu_by_length  # matplotlib only when plotting
 
@@ -59,11 +64,37 @@ def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
                        plot)
         log.info("BLEU-by-length plot written to %s", plot)
     if as_json:
-        payload = [{**asdict(r), "sentences_per_s": r.sentences_per_s} for r in results]
+        payload = [_as_json(r, i, results[0], comparison) for i, r in enumerate(results)]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
         return
     for r in results:
         _print_result(r)
+    if comparison:
+        _print_comparison(results, comparison)
+
+
+def _compare(results: list[EvalResult], test_sets: list[tuple[list[str], list[str]]],
+             names: tuple[str, ...], resamples: int) -> Comparison | None:
+    """The paired bootstrap of the results against the first, when they share a test set."""
+    if len(results) < 2 or not resamples:
+        return None
+    if any(t != test_sets[0] for t in test_sets[1:]):
+        log.warning("no paired bootstrap: the checkpoints were scored on different test sets "
+                    "(their runs' own test splits); give --src/--ref or --tsv to compare them")
+        return None
+    return paired_bootstrap([r.outputs for r in results], test_sets[0][1], names, resamples)
+
+
+def _as_json(r: EvalResult, i: int, first: EvalResult, comparison: Comparison | None) -> dict:
+    out = {k: v for k, v in asdict(r).items() if k != "outputs"}
+    out["sentences_per_s"] = r.sentences_per_s
+    if comparison:
+        out["bootstrap"] = {
+            "resamples": comparison.resamples, "against": first.checkpoint,
+            "scores": [{**asdict(s), "low": s.low, "high": s.high,
+                        "signature": comparison.signatures[s.name]}
+                       for s in comparison.systems[i]]}
+    return out
 
 
 def _label(r: EvalResult) -> str:
@@ -81,3 +112,15 @@ def _print_result(r: EvalResult) -> None:
         typer.echo(f"{'source words':>12}  {'sentences':>9}  {'BLEU':>6}")
         for k in r.by_length:
             typer.echo(f"{k.label:>12}  {k.sentences:>9}  {k.bleu:>6.2f}")
+
+
+def _print_comparison(results: list[EvalResult], c: Comparison) -> None:
+    typer.echo(f"paired bootstrap, {c.resamples} resamples, against {results[0].checkpoint} "
+               f"(μ ± 95% interval; * p < 0.05):")
+    rows = [[_label(r)] + [s.text(c.labels[s.name]) for s in row]
+            for r, row in zip(results, c.systems)]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for name, signature in c.signatures.items():
+        typer.echo(f"  {c.labels[name]}: [{signature}]")

@@ -28,6 +28,7 @@ class EvalResult:
     hypotheses: str  # file with one detokenised hypothesis per line
     seconds: float
     by_length: list[Bucket] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list, repr=False)  # the hypotheses themselves
 
     @property
     def sentences_per_s(self) -> float:
@@ -80,7 +81,7 @@ def evaluate(translator: Translator, sources: list[str], refs: list[str], beam: 
     hyp_path.parent.mkdir(parents=True, exist_ok=True)
     hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     result = EvalResult(checkpoint, len(sources), beam, corpus_scores(hyps, refs, metrics),
-                        str(hyp_path), seconds)
+                        str(hyp_path), seconds, outputs=hyps)
     if lengths:
         result.by_length = by_length(sources, hyps, refs)
     return result
