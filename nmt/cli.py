@@ -153,7 +153,9 @@ def data_prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
 
     cfg = load_config(config, set_ or [])
     prepared = prepare(cfg.data)
-    typer.echo(summary_table(prepared, cfg.train.batch_tokens, cfg.train.seed))
+    typer.echo(summary_table(prepared, cfg.train.batch_tokens, cfg.train.seed,
+                             [c.weight for c in cfg.data.corpora],
+                             [c.path for c in cfg.data.corpora]))
 
 
 @app.command("train")

@@ -34,6 +34,7 @@ class CorpusConfig:
     format: Literal["auto", "tsv", "anki", "tatoeba", "text"] = "auto"  # auto: by column count
     target_path: str | None = None  # Portuguese file of a `format: text` pair of files
     required: bool = True  # false: a missing file is skipped with a warning
+    weight: float = 1.0  # training pairs per epoch: weight x the corpus's (2: each twice)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,14 @@ def _text_pairs(cfg: Config) -> Iterator[str]:
     for i, c in enumerate(cfg.data.corpora):
         if (c.format == "text") != (c.target_path is not None):
             yield f"data.corpora[{i}].target_path: needed with format 'text' and only then"
+
+
+@_reads("data.corpora")
+def _corpus_weights(cfg: Config) -> Iterator[str]:
+    for i, c in enumerate(cfg.data.corpora):
+        if not c.weight > 0:
+            yield (f"data.corpora[{i}].weight: expected a number > 0 (its share of an epoch), "
+                   f"got {c.weight!r}")
 
 
 def _type_name(tp: Any) -> str:

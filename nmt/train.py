@@ -21,9 +21,9 @@ import yaml
 
 from nmt import checkpoint, lock
 from nmt.config import Config, TrainConfig, from_dict, to_dict
-from nmt.data.batching import Dataset
+from nmt.data.batching import Dataset, weighted
 from nmt.data.prepare import Prepared, prepare
-from nmt.data.report import batching_line
+from nmt.data.report import batching_line, composition_line
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import Validation, make_validator
@@ -135,8 +135,9 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     t = cfg.train
     saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
     validate = make_validator(model, prepared, cfg, device) if d.main else None
+    weights = tuple(c.weight for c in cfg.data.corpora)
     trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")), validate,
-                      cfg.train, run_dir, saved, device, d)
+                      cfg.train, run_dir, saved, device, d, corpus_weights=weights)
     if resume:
         state = checkpoint.load(run_dir / "last.pt")
         if "resume" not in state:
@@ -154,7 +155,10 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
              run_dir, f"{count_parameters(model):,}", len(trainer.data), device,
              torch.get_num_threads(), d.world)
     log.info("training data: %s; an update takes %d batch(es)",
-             batching_line(trainer.data, t.batch_tokens, t.seed), d.world * t.accumulate)
+             batching_line(trainer.data, t.batch_tokens, t.seed, weights), d.world * t.accumulate)
+    if weighted(weights):
+        log.info("corpus weights: %s", composition_line(
+            trainer.data, weights, [c.path for c in cfg.data.corpora]))
     with _signals(trainer):
         trainer.run()
     if d.main and trainer.stop_signal is None and t.average_last:

@@ -5,10 +5,16 @@ max(source pieces, target pieces + 1) (the target gains BOS on input and EOS on 
 never exceed `batch_tokens`. Each epoch shuffles the pairs with (seed, epoch), sorts them by width
 inside large buckets to keep padding low, cuts batches, and shuffles the batch order: the order is
 a pure function of (seed, epoch), so a resumed run sees exactly the same batches.
+
+Corpus weights (`data.corpora[].weight`) change which pairs an epoch holds, not how they are
+batched: corpus i contributes weight_i x its size pairs, each of its pairs floor(weight_i) times
+plus a random round(frac(weight_i) x size) of them, drawn anew with (seed, epoch). All weights 1
+is exactly the unweighted epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.errors import DataError
 
 BUCKET_BATCHES = 64  # batches' worth of pairs sorted together
+_COMPOSITION = 1  # random stream of an epoch's weighted composition, apart from its order
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Dataset:
     src_len: np.ndarray  # (N,)
     tgt: np.ndarray
     tgt_len: np.ndarray  # (N,)
+    corpus: np.ndarray | None = None  # (N,) each pair's index in data.corpora (None: unknown)
 
     def __post_init__(self) -> None:
         self.src_off = np.concatenate([[0], np.cumsum(self.src_len, dtype=np.int64)])
@@ -38,7 +46,8 @@ class Dataset:
     def load(cls, path: Path) -> Dataset:
         try:
             with np.load(path) as z:
-                return cls(z["src"], z["src_len"], z["tgt"], z["tgt_len"])
+                corpus = z["corpus"] if "corpus" in z.files else None  # older prepared data
+                return cls(z["src"], z["src_len"], z["tgt"], z["tgt_len"], corpus)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"{path}: unreadable prepared data ({err})") from None
 
@@ -80,6 +89,49 @@ def token_batches(widths: np.ndarray, batch_tokens: int, seed: int, epoch: int,
     if shuffle:
         batches = [batches[k] for k in rng.permutation(len(batches))]
     return batches
+
+
+def weighted(weights: Sequence[float]) -> bool:
+    """Whether corpus weights change an epoch (any weight other than 1)."""
+    return any(w != 1 for w in weights)
+
+
+def epoch_share(pairs: int, weight: float) -> int:
+    """How many pairs a corpus of `pairs` contributes to an epoch at `weight`."""
+    return int(weight) * pairs + round((weight - int(weight)) * pairs)
+
+
+def epoch_pairs(corpus: np.ndarray, weights: Sequence[float], seed: int,
+                epoch: int) -> np.ndarray:
+    """The pair indices of one epoch under corpus weights, sorted, a pair repeated as often as
+    it is drawn: the pairs of corpus i (corpus == i) floor(w_i) times each, plus round(frac(w_i)
+    x n_i) of them drawn without replacement, other ones in every epoch."""
+    rng = np.random.default_rng([seed, epoch, _COMPOSITION])
+    parts = [np.zeros(0, dtype=np.int64)]
+    for i, w in enumerate(weights):
+        members = np.flatnonzero(corpus == i)
+        whole = int(w)
+        parts += [members] * whole
+        extra = epoch_share(len(members), w) - whole * len(members)
+        if extra:
+            parts.append(rng.choice(members, extra, replace=False))
+    return np.sort(np.concatenate(parts))
+
+
+def epoch_batches(widths: np.ndarray, corpus: np.ndarray | None, weights: Sequence[float],
+                  batch_tokens: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One training epoch's batches of pair indices: every pair once (`token_batches`), or,
+    under corpus weights, the pairs of `epoch_pairs` batched the same way."""
+    if not weighted(weights):
+        return token_batches(widths, batch_tokens, seed, epoch)
+    if corpus is None:
+        raise DataError("corpus weights need the prepared data to record each pair's corpus; "
+                        "prepare the data again (nmt data prepare)")
+    pool = epoch_pairs(corpus, weights, seed, epoch)
+    if not len(pool):
+        raise DataError(f"the corpus weights ({', '.join(f'{w:g}' for w in weights)}) leave no "
+                        f"training pair in epoch {epoch}")
+    return [pool[b] for b in token_batches(widths[pool], batch_tokens, seed, epoch)]
 
 
 def padding_fraction(batches: list[np.ndarray], src_len: np.ndarray,

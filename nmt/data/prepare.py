@@ -3,9 +3,13 @@
     corpora --read--> raw pairs --clean/filter/dedup/leakage--> pairs --split--> train/valid/test
     train split --SentencePiece--> models --encode--> ids (flat arrays + offsets, .npz)
 
-The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config and the
-bytes of every input file; a manifest with each output's size and sha256 is written last, so a
-half-written or corrupted cache is detected and rebuilt, never used.
+Each pair keeps the index of its corpus in `data.corpora` (`corpus` in the .npz), which corpus
+weights read when an epoch is composed (nmt.data.batching).
+
+The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config (but not
+the corpus weights, a training choice) and the bytes of every input file; a manifest with each
+output's size and sha256 is written last, so a half-written or corrupted cache is detected and
+rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from tqdm import tqdm
 
 from nmt import lock
 from nmt.config import DataConfig, data_dir
+from nmt.data.batching import weighted
 from nmt.data.corpus import (
     Cleaner,
     ReadStats,
@@ -88,10 +94,11 @@ def _file_digest(path: Path) -> str:
 
 
 def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
-    """The corpora that exist (missing optional ones are skipped) and the evaluation files."""
+    """The corpora that exist, as (index in data.corpora, spec, paths) (missing optional ones
+    are skipped), and the evaluation files."""
     root = data_dir(cfg)
     corpora = []
-    for spec in cfg.corpora:
+    for index, spec in enumerate(cfg.corpora):
         paths = corpus_paths(spec, root)
         missing = [p for p in paths if not p.exists()]
         if missing and not spec.required:
@@ -100,7 +107,7 @@ def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
         if missing:
             raise DataError(f"{missing[0]}: corpus file not found (run `nmt data download NAME`, "
                             f"or set NMT_DATA_DIR to the folder that holds it)")
-        corpora.append((spec, paths))
+        corpora.append((index, spec, paths))
     if not cfg.corpora:
         raise ConfigError(["data.corpora: expected at least one corpus, got []"])
     if not corpora:
@@ -111,8 +118,10 @@ def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
 def cache_key(cfg: DataConfig) -> str:
     corpora, protected = _inputs(cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "prepared_dir")}
+    settings["corpora"] = [{k: v for k, v in c.items() if k != "weight"}
+                           for c in settings["corpora"]]
     h = hashlib.sha256(json.dumps([PIPELINE_VERSION, settings], sort_keys=True).encode())
-    for path in [p for _, paths in corpora for p in paths] + protected:
+    for path in [p for _, _, paths in corpora for p in paths] + protected:
         if path.is_dir():
             raise DataError(f"{path}: is a directory, expected a corpus file")
         if not path.is_file():  # a FIFO or a device: it could not be read twice, or never ends
@@ -149,6 +158,11 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Prepared:
 
 def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     summary = _load_manifest(out, key) if out.exists() else None
+    if summary is not None and weighted([c.weight for c in cfg.corpora]) \
+            and not _knows_corpora(out):
+        log.info("prepared data in %s does not record each pair's corpus, which corpus "
+                 "weights need; preparing it again", out)
+        summary = None
     if summary is not None:
         summary.cached = True
         log.info("using cached prepared data %s", out)
@@ -166,17 +180,28 @@ def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     return Prepared(out, summary)
 
 
+def _knows_corpora(path: Path) -> bool:
+    """Whether prepared data records each training pair's corpus (nmt before corpus weights
+    did not)."""
+    try:
+        with np.load(path / "train.npz") as z:
+            return "corpus" in z.files
+    except (OSError, ValueError):
+        return False
+
+
 def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     start = time.perf_counter()
     corpora, protected_files = _inputs(cfg)
     cleaner = Cleaner(cfg, read_protected(protected_files))
     stats = ReadStats()
     keys: list[bytes] = []
+    origins = array("i")  # each kept pair's index in data.corpora
     cleaned = work / "cleaned.tsv"
     with cleaned.open("w", encoding="utf-8") as f:
         bar = tqdm(desc="reading", unit=" pairs", disable=None if progress else True,
                    mininterval=0.5)
-        for spec, paths in corpora:
+        for index, spec, paths in corpora:
             before = len(keys)
             for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars):
                 bar.update()
@@ -184,19 +209,21 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
                 if pair is not None:
                     f.write(f"{pair[0]}\t{pair[1]}\n")
                     keys.append(split_key(pair[0]))
+                    origins.append(index)
             if len(keys) == before:
                 raise DataError(f"{paths[0]}: no usable pair in this corpus (lines skipped: "
                                 f"{dict(stats.skipped)}; pairs dropped: "
                                 f"{dict(cleaner.stats.dropped)})")
         bar.close()
-    _write_splits(cleaned, assign_splits(keys, cfg.valid_size, cfg.test_size), work)
+    split_origins = _write_splits(cleaned, assign_splits(keys, cfg.valid_size, cfg.test_size),
+                                  origins, work)
     cleaned.unlink()
     tokenizer = _train_tokenizer(cfg, work)
     summary = Summary(read=stats.read, skipped=dict(stats.skipped),
                       skipped_where=stats.examples, dropped=dict(cleaner.stats.dropped),
                       kept=len(keys))
     for split in SPLITS:
-        n, avg, too_long = _encode_split(tokenizer, work, split,
+        n, avg, too_long = _encode_split(tokenizer, work, split, split_origins[split],
                                          cfg.max_pieces if split == "train" else None)
         summary.splits[split] = n
         summary.avg_pieces.update({f"{split}.{lang}": a for lang, a in zip(LANGS, avg)})
@@ -208,18 +235,23 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     return summary
 
 
-def _write_splits(cleaned: Path, splits: list[str], work: Path) -> None:
+def _write_splits(cleaned: Path, splits: list[str], origins: array,
+                  work: Path) -> dict[str, array]:
+    """Writes each split's text files; returns each split's corpus indices, in order."""
     handles = {(s, lang): (work / f"{s}.{lang}").open("w", encoding="utf-8")
                for s in SPLITS for lang in LANGS}
+    split_origins = {s: array("i") for s in SPLITS}
     try:
         with cleaned.open(encoding="utf-8") as f:
-            for line, split in zip(f, splits):
+            for line, split, origin in zip(f, splits, origins):
                 src, tgt = line.rstrip("\n").split("\t")
                 handles[split, "en"].write(src + "\n")
                 handles[split, "pt"].write(tgt + "\n")
+                split_origins[split].append(origin)
     finally:
         for h in handles.values():
             h.close()
+    return split_origins
 
 
 def _lines(path: Path):
@@ -243,19 +275,21 @@ def _train_tokenizer(cfg: DataConfig, work: Path) -> Tokenizer:
     return Tokenizer(src, tgt)
 
 
-def _encode_split(tok: Tokenizer, work: Path, split: str,
+def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
                   max_pieces: int | None) -> tuple[int, tuple[float, float], int]:
-    """Encodes a split in chunks into flat id arrays; returns (pairs, avg pieces, dropped)."""
+    """Encodes a split in chunks into flat id arrays, with each pair's corpus index; returns
+    (pairs, avg pieces, dropped)."""
     src_ids: list[np.ndarray] = []
     tgt_ids: list[np.ndarray] = []
     src_len: list[int] = []
     tgt_len: list[int] = []
+    corpus = array("i")
     dropped = 0
-    pairs = zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"))
+    pairs = zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"), origins)
     for chunk in chunks(pairs, ENCODE_CHUNK):
-        srcs = tok.encode_src([s for s, _ in chunk])
-        tgts = tok.encode_tgt([t for _, t in chunk])
-        for s, t in zip(srcs, tgts):
+        srcs = tok.encode_src([s for s, _, _ in chunk])
+        tgts = tok.encode_tgt([t for _, t, _ in chunk])
+        for s, t, (_, _, origin) in zip(srcs, tgts, chunk):
             if max_pieces is not None and max(len(s), len(t)) > max_pieces:
                 dropped += 1
                 continue
@@ -263,11 +297,13 @@ def _encode_split(tok: Tokenizer, work: Path, split: str,
             tgt_ids.append(np.asarray(t, dtype=np.int32))
             src_len.append(len(s))
             tgt_len.append(len(t))
+            corpus.append(origin)
     n = len(src_len)
     empty = np.zeros(0, dtype=np.int32)
     np.savez(work / f"{split}.npz",
              src=np.concatenate(src_ids) if n else empty, src_len=np.asarray(src_len, np.int32),
-             tgt=np.concatenate(tgt_ids) if n else empty, tgt_len=np.asarray(tgt_len, np.int32))
+             tgt=np.concatenate(tgt_ids) if n else empty, tgt_len=np.asarray(tgt_len, np.int32),
+             corpus=np.asarray(corpus, np.int32))
     avg = (float(np.mean(src_len)) if n else 0.0, float(np.mean(tgt_len)) if n else 0.0)
     return n, avg, dropped
 

@@ -1,18 +1,34 @@
-"""The summary table printed by `nmt data prepare`."""
+"""The summary table printed by `nmt data prepare`, and the lines training logs about its data."""
 
 from __future__ import annotations
 
-from nmt.data.batching import Dataset, padding_fraction, token_batches
+from collections.abc import Sequence
+
+import numpy as np
+
+from nmt.data.batching import Dataset, epoch_batches, epoch_share, padding_fraction, weighted
 from nmt.data.prepare import Prepared
 
 
-def batching_line(data: Dataset, batch_tokens: int, seed: int) -> str:
-    batches = token_batches(data.widths, batch_tokens, seed, 0)
+def batching_line(data: Dataset, batch_tokens: int, seed: int,
+                  weights: Sequence[float] = ()) -> str:
+    batches = epoch_batches(data.widths, data.corpus, weights, batch_tokens, seed, 0)
     pad = padding_fraction(batches, data.src_len, data.tgt_len)
     return f"{len(batches):,} batches of <= {batch_tokens:,} tokens per epoch, {pad:.1%} padding"
 
 
-def summary_table(prepared: Prepared, batch_tokens: int, seed: int) -> str:
+def composition_line(data: Dataset, weights: Sequence[float], names: Sequence[str]) -> str:
+    """Each corpus's training pairs, its weight and its pairs per epoch."""
+    sizes = np.bincount(data.corpus, minlength=len(weights)) if data.corpus is not None \
+        else np.zeros(len(weights), dtype=np.int64)
+    shares = [epoch_share(int(n), w) for n, w in zip(sizes, weights)]
+    parts = [f"{name}: {int(n):,} x {w:g} = {share:,}"
+             for name, n, w, share in zip(names, sizes, weights, shares)]
+    return f"{'; '.join(parts)} ({sum(shares):,} pairs per epoch)"
+
+
+def summary_table(prepared: Prepared, batch_tokens: int, seed: int,
+                  weights: Sequence[float] = (), names: Sequence[str] = ()) -> str:
     s = prepared.summary
     rows = [("prepared data", str(prepared.path) + (" (cached)" if s.cached else "")),
             ("lines read", f"{s.read:,}")]
@@ -27,7 +43,9 @@ def summary_table(prepared: Prepared, batch_tokens: int, seed: int) -> str:
         rows.append((f"  {split}", f"{n:,} pairs, {en:.1f} / {pt:.1f} pieces per sentence (en/pt)"))
     rows.append(("vocabulary", f"en {s.vocab.get('en', 0):,}, pt {s.vocab.get('pt', 0):,}"))
     train = Dataset.load(prepared.ids("train"))
-    rows.append(("batching", batching_line(train, batch_tokens, seed)))
+    rows.append(("batching", batching_line(train, batch_tokens, seed, weights)))
+    if weighted(weights):
+        rows.append(("corpus weights", composition_line(train, weights, names)))
     rate = s.read / s.seconds if s.seconds else 0.0
     rows.append(("time", f"{s.seconds:.1f} s ({rate:,.0f} pairs/s)"))
     width = max(len(k) for k, _ in rows)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.config import TrainConfig
-from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.batching import Dataset, collate, epoch_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.training import distributed, rng
@@ -63,8 +63,10 @@ class Trainer:
     def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  data: Dataset, validate: Callable[[], Validation], settings: TrainConfig,
                  run_dir: Path, saved: dict, device: torch.device,
-                 dist: distributed.Dist = distributed.Dist()) -> None:
+                 dist: distributed.Dist = distributed.Dist(),
+                 corpus_weights: tuple[float, ...] = ()) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.corpus_weights = corpus_weights  # per data.corpora entry; () or all 1: unweighted
         self.data, self.validate, self.s = data, validate, settings
         self.run_dir, self.saved, self.device, self.dist = run_dir, saved, device, dist
         self.loss_fn = distributed.wrap(distributed.TrainingLoss(model), dist, device)
@@ -149,7 +151,8 @@ class Trainer:
         group = self.dist.world * s.accumulate  # batches per update, over all ranks
         reason = self._stop_reason()  # a resumed run may have nothing left to do
         while reason is None:
-            batches = token_batches(self._widths, s.batch_tokens, s.seed, p.epoch)
+            batches = epoch_batches(self._widths, self.data.corpus, self.corpus_weights,
+                                    s.batch_tokens, s.seed, p.epoch)
             while p.batch < len(batches) and reason is None:
                 lr = self.schedule.lr_at(p.step + 1, p.seconds)
                 done = self.update(batches[p.batch:p.batch + group], lr)
