@@ -6,9 +6,11 @@ Training: one copy of the configs/bench.yaml model per variant (every piece on; 
 alone; every piece off, the plain model), all trained on the same batches with the same
 optimizer, the variants taking turns on each batch (in alternating order), so that the
 machine's drift reaches them all alike. Beam 5: the model trained with every piece on translates
-the same test sentences under each variant, in turns, `--repeats` times (median). Prints, per
-variant, target tokens/s and sentences/s and how much faster every piece on is than it:
-"buys" 1.10x means that turning the piece off makes it 1.10x slower.
+the same test sentences under each variant, in turns, `--repeats` times. Prints, per variant,
+target tokens/s and sentences/s (over all batches; median of the turns), and how much longer
+it takes than every piece on: the median over batches (turns) of the ratio of the two times
+taken side by side, which a burst of other work on a shared machine moves less than the totals.
+1.10 means that turning the piece off makes training (search) 1.10x slower.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def variants() -> dict[str, frozenset[str]]:
             "plain (NMT_FAST=0)": frozenset()}
 
 
-def train(cfg, prepared, batches: int, warmup: int) -> tuple[dict[str, float], torch.nn.Module]:
-    """Target tokens/s of each variant over the same batches -> and the all-pieces model."""
+def train(cfg, prepared, batches: int, warmup: int
+          ) -> tuple[dict[str, list[float]], int, torch.nn.Module]:
+    """Each variant's seconds per timed batch, the batches' target tokens, and the all-pieces
+    model."""
     data = Dataset.load(prepared.ids("train"))
     order = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
     seed_everything(cfg.train.seed)
@@ -56,7 +60,7 @@ def train(cfg, prepared, batches: int, warmup: int) -> tuple[dict[str, float], t
     for name in variants():
         model = copy.deepcopy(base).train()
         copies[name] = (model, build_optimizer(cfg.train, model)[0])
-    seconds = dict.fromkeys(copies, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in copies}
     tokens = 0
     names = list(copies)
     for i, index in enumerate(order[:warmup + batches]):
@@ -72,17 +76,18 @@ def train(cfg, prepared, batches: int, warmup: int) -> tuple[dict[str, float], t
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= warmup:
-                seconds[name] += time.perf_counter() - start
+                seconds[name].append(time.perf_counter() - start)
         if i >= warmup:
             tokens += n
         if i % 10 == 9:
             log.info("training: %d of %d batches", i + 1, warmup + batches)
     fast._ON = frozenset(fast.PIECES)
-    return {name: tokens / s for name, s in seconds.items()}, copies["all pieces"][0]
+    return seconds, tokens, copies["all pieces"][0]
 
 
-def translate(model, cfg, prepared, sentences: list[str], repeats: int) -> dict[str, float]:
-    """Beam-5 sentences/s of each variant (median of `repeats` turns)."""
+def translate(model, cfg, prepared, sentences: list[str], repeats: int
+              ) -> dict[str, list[float]]:
+    """Each variant's seconds per turn of beam-5 translation."""
     model.eval()
     times: dict[str, list[float]] = {name: [] for name in variants()}
     names = list(times)
@@ -96,7 +101,7 @@ def translate(model, cfg, prepared, sentences: list[str], repeats: int) -> dict[
             times[name].append(time.perf_counter() - start)
         log.info("beam 5: %d of %d turns", r + 1, repeats)
     fast._ON = frozenset(fast.PIECES)
-    return {name: len(sentences) / statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def main() -> None:
@@ -113,16 +118,22 @@ def main() -> None:
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     prepared = prepare(cfg.data, progress=False)
     sentences = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
-    trained, model = train(cfg, prepared, args.batches, args.warmup)
+    trained, tokens, model = train(cfg, prepared, args.batches, args.warmup)
     searched = translate(model, cfg, prepared, sentences, args.repeats)
     every = "all pieces"
+
+    def slower(times: dict[str, list[float]], name: str) -> float:
+        return statistics.median(t / a for t, a in zip(times[name], times[every]))
+
     print(f"{torch.get_num_threads()} threads, {args.batches} batches, {len(sentences)} "
-          f"sentences\n")
-    print("| variant | train tgt tok/s | all pieces ÷ this | beam 5 sent/s | all pieces ÷ this |")
+          f"sentences, {args.repeats} turns\n")
+    print("| variant | train tgt tok/s | time ÷ all pieces' | beam 5 sent/s | "
+          "time ÷ all pieces' |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in variants():
-        print(f"| {name} | {trained[name]:,.0f} | {trained[every] / trained[name]:.3f} | "
-              f"{searched[name]:.1f} | {searched[every] / searched[name]:.3f} |")
+        print(f"| {name} | {tokens / sum(trained[name]):,.0f} | {slower(trained, name):.3f} | "
+              f"{len(sentences) / statistics.median(searched[name]):.1f} | "
+              f"{slower(searched, name):.3f} |")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,15 @@ inline float exp_approx(float x) {
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
+// 2 sum_a v[a] sigmoid(p[a] + q[a]): one score, vectorized over the A features.
+inline float score_one(const float* __restrict__ p, const float* __restrict__ q,
+                       const float* __restrict__ v, int64_t A) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t a = 0; a < A; a++) acc += v[a] * sigmoid(p[a] + q[a]);
+  return 2.0f * acc;
+}
+
 void check(const at::Tensor& proj, const at::Tensor& q, const at::Tensor& v) {
   TORCH_CHECK(proj.device().is_cpu() && q.device().is_cpu() && v.device().is_cpu(),
               "additive_score: CPU tensors only");
@@ -75,12 +84,7 @@ at::Tensor additive_score(const at::Tensor& proj_in, const at::Tensor& q_in,
   at::parallel_for(0, N * G * S, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {  // i = (n, g, s)
       const int64_t s = i % S, ng = i / S, n = ng / G;
-      const float* __restrict__ p = P + (n * S + s) * A;
-      const float* __restrict__ qr = Q + ng * A;
-      float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t a = 0; a < A; a++) acc += V[a] * sigmoid(p[a] + qr[a]);
-      out[i] = 2.0f * acc;
+      out[i] = score_one(P + (n * S + s) * A, Q + ng * A, V, A);
     }
   });
   return score;

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"]
+# at::parallel_for runs on torch's OpenMP threads only where the operator is built with OpenMP;
+# tried first, and a compiler without it builds a one-thread operator.
+OPENMP = ["-fopenmp"]
 
 _loaded: bool | None = None  # None: not tried yet
 _loading = threading.Lock()
@@ -80,10 +83,11 @@ def _compiler_version(cxx: list[str]) -> str:
     return out.stdout.strip()
 
 
-def build_dir(cxx: list[str]) -> Path:
+def build_dir(cxx: list[str], extra: list[str] = OPENMP) -> Path:
     """Where this source, these flags, this compiler and torch, and this CPU build to."""
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, *cxx, _compiler_version(cxx),
-                                    torch.__version__, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, *extra, *cxx,
+                                    _compiler_version(cxx), torch.__version__, _cpu_id()])
+                         .encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / key
 
 
@@ -106,7 +110,7 @@ def _program(cxx: list[str], folder: Path) -> str:
     return str(script)
 
 
-def _build_and_load(cxx: list[str], folder: Path) -> None:
+def _build_and_load(cxx: list[str], extra: list[str], folder: Path) -> None:
     from torch.utils import cpp_extension
 
     _ninja_on_path()
@@ -118,7 +122,8 @@ def _build_and_load(cxx: list[str], folder: Path) -> None:
         with lock.hold(folder / ".lock", f"the kernel build in {folder}", wait=True):
             os.environ["CXX"] = _program(cxx, folder)
             quiet.setLevel(logging.ERROR)
-            cpp_extension.load(name="nmt_kernels", sources=[str(SOURCE)], extra_cflags=FLAGS,
+            cpp_extension.load(name="nmt_kernels", sources=[str(SOURCE)],
+                               extra_cflags=FLAGS + extra, extra_ldflags=extra,
                                build_directory=str(folder), is_python_module=False,
                                verbose=False)
     finally:
@@ -139,20 +144,30 @@ def _find_or_build() -> bool:
         log.warning("no C++ compiler (%s) found: the fused CPU kernels are off, training is "
                     "slower", cxx[0])
         return False
-    folder = build_dir(cxx)
+    for extra in (OPENMP, []):  # a one-thread build only where OpenMP cannot be had
+        folder = build_dir(cxx, extra)
+        if _build_twice(cxx, extra, folder):
+            if not extra:
+                log.warning("built the fused CPU kernels without OpenMP: one thread each")
+            log.debug("fused CPU kernels: %s", folder)
+            return True
+    log.warning("could not build %s: the fused CPU kernels are off, training is slower "
+                "(--verbose shows the compiler's output)", SOURCE.name)
+    return False
+
+
+def _build_twice(cxx: list[str], extra: list[str], folder: Path) -> bool:
+    """Builds and loads; a build that does not load (damaged) is removed and built once more."""
     for attempt in range(2):
         try:
-            _build_and_load(cxx, folder)
-            log.debug("fused CPU kernels: %s", folder)
+            _build_and_load(cxx, extra, folder)
             return True
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             log.debug("building %s in %s failed: %s", SOURCE.name, folder, err)
             damaged = (folder / "nmt_kernels.so").exists()  # built, but does not load
             if attempt or not damaged:
-                break
-            shutil.rmtree(folder, ignore_errors=True)  # built again, once
-    log.warning("could not build %s: the fused CPU kernels are off, training is slower "
-                "(--verbose shows the compiler's output)", SOURCE.name)
+                return False
+            shutil.rmtree(folder, ignore_errors=True)
     return False
 
 
