@@ -29,7 +29,7 @@ from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import Validation, make_validator
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
-from nmt.training import averaging, distributed
+from nmt.training import averaging, board, distributed
 from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
@@ -92,6 +92,8 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
           overwrite: bool = False) -> Path:
     """Trains `cfg` (or continues the run in `resume`); returns the run directory. Under
     torchrun every process calls this; rank 0 alone writes files (nmt.training.distributed)."""
+    if cfg.train.tensorboard:
+        board.require()
     d = distributed.from_env()
     device = pick_device(cfg.train.device)
     if device.type == "cuda":
@@ -151,6 +153,9 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
                  trainer.progress.epoch)
     elif d.main:
         _write_run_files(run_dir, cfg, prepared)
+    if t.tensorboard and d.main:
+        trainer.board = board.Board(run_dir, trainer.progress.step if resume else None)
+        stack.callback(trainer.board.close)
     log.info("run %s: %s parameters, %d training pairs, device %s, %d threads, %d process(es)",
              run_dir, f"{count_parameters(model):,}", len(trainer.data), device,
              torch.get_num_threads(), d.world)

@@ -32,6 +32,7 @@ from nmt.data.batching import Dataset, collate, epoch_batches
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.training import distributed, rng
+from nmt.training.board import Board
 from nmt.training.precision import Precision
 from nmt.training.schedule import Schedule
 
@@ -64,9 +65,10 @@ class Trainer:
                  data: Dataset, validate: Callable[[], Validation], settings: TrainConfig,
                  run_dir: Path, saved: dict, device: torch.device,
                  dist: distributed.Dist = distributed.Dist(),
-                 corpus_weights: tuple[float, ...] = ()) -> None:
+                 corpus_weights: tuple[float, ...] = (), board: Board | None = None) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.corpus_weights = corpus_weights  # per data.corpora entry; () or all 1: unweighted
+        self.board = board  # TensorBoard event files (rank 0), or None
         self.data, self.validate, self.s = data, validate, settings
         self.run_dir, self.saved, self.device, self.dist = run_dir, saved, device, dist
         self.loss_fn = distributed.wrap(distributed.TrainingLoss(model), dist, device)
@@ -249,6 +251,9 @@ class Trainer:
         bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.2e} {rate:,.0f} tok/s valid in {to_valid}")
         log.log(logging.DEBUG if not bar.disable else logging.INFO,
                 "step %d loss %.4f lr %.2e %.0f tgt tok/s", self.progress.step, loss, lr, rate)
+        if self.board:
+            self.board.scalars(self.progress.step, {"train/loss": loss, "train/lr": lr,
+                                                    "train/tgt_tokens_per_s": rate})
         window["time"], window["tgt"] = self.clock(), self.progress.tgt_tokens
 
     def _validate(self, window: dict, lr: float) -> None:
@@ -284,6 +289,10 @@ class Trainer:
                "minutes": f"{p.seconds / 60:.1f}",
                "valid_minutes": f"{p.valid_seconds / 60:.1f}"}
         self._append_metrics(row)
+        if self.board:
+            self.board.scalars(p.step, {"valid/loss": v.loss, "valid/ppl": float(row["valid_ppl"]),
+                                        "valid/bleu": v.bleu, "valid/chrf": v.chrf})
+            self.board.flush()
         log.info("validation at step %d: loss %.3f ppl %s BLEU %.2f chrF %.2f%s", p.step, v.loss,
                  row["valid_ppl"], v.bleu, v.chrf, " (best)" if improved else "")
         window["loss"], window["tokens"] = 0.0, 0
