@@ -111,7 +111,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: mixed on CUDA, fp32 on CPU
     accumulate: int = 1  # batches per update (per process): update size x this, as one batch
     log_every: int = 50  # log a progress line every N updates
-    tensorboard: bool = False  # also write TensorBoard event files into <run>/tensorboard/
+    tensorboard: bool = False  # also write TensorBoard event files into the run's tensorboard/
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
 
 
