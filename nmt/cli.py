@@ -226,6 +226,16 @@ BeamOpt = Annotated[Optional[int], typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
 Int8Opt = Annotated[Optional[bool], typer.Option(
     "--int8/--no-int8", help="CPU: 8-bit weights in the decoder (faster; default: decode.int8).")]
+EnsembleOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ensemble", help="Comma-separated checkpoints or run directories with one tokenizer, "
+    "searched as one model (the mean of their log-probabilities at each step).")]
+
+
+def _ensemble(value: str) -> tuple[Path, ...]:
+    paths = tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+    if not paths:
+        raise UsageError(f"--ensemble {value!r}: expected checkpoints separated by commas")
+    return paths
 
 
 def _read_input(sentences: list[str], input_file: Optional[Path]) -> Optional[list[str]]:
@@ -267,6 +277,7 @@ def translate_cmd(
     = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show each greedy step: token, alternatives, attended words.")] = False,
+    ensemble: EnsembleOpt = None,
     int8: Int8Opt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -277,8 +288,12 @@ def translate_cmd(
     lines = _read_input(sentences or [], input_file)
     if explain and (lines is None or len(lines) != 1):
         raise UsageError("--explain takes exactly one sentence")
-    translator = load_translator(checkpoint, device, length_penalty=length_penalty,
-                                 max_len_ratio=max_len_ratio, batch_size=batch_size, int8=int8)
+    if ensemble and (checkpoint is not None or len(ensemble) > 1):
+        raise UsageError("--ensemble names the whole system: give it once, without --checkpoint")
+    first, *others = _ensemble(ensemble[0]) if ensemble else (checkpoint,)
+    translator = load_translator(first, device, ensemble=tuple(others),
+                                 length_penalty=length_penalty, max_len_ratio=max_len_ratio,
+                                 batch_size=batch_size, int8=int8)
     if n_best > 1 and (beam or translator.decode.beam) < n_best:
         raise UsageError(f"--n-best {n_best} needs --beam of at least {n_best}")
     run_translate(translator, lines, output, beam, n_best, attention, explain)
@@ -310,6 +325,9 @@ def eval_cmd(
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", min=0, help="Paired bootstrap resamples when comparing checkpoints on "
                                    "one test set (0: no test).")] = 1000,
+    ensemble: Annotated[Optional[list[str]], typer.Option(
+        "--ensemble", help="Comma-separated checkpoints searched as one model; a system "
+        "scored after the --checkpoint ones (repeat for more).")] = None,
     int8: Int8Opt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -321,7 +339,9 @@ def eval_cmd(
     if tsv is not None and src is not None:
         raise UsageError("give --tsv or --src/--ref, not both")
     names = metric_names(metrics, chrf, ter)
-    run_eval(checkpoint or [None], src, ref, tsv, beam, names, by_length, output, plot,
+    systems = [(c,) for c in checkpoint or ([] if ensemble else [None])]
+    systems += [_ensemble(e) for e in ensemble or []]
+    run_eval(systems, src, ref, tsv, beam, names, by_length, output, plot,
              as_json, device, int8, bootstrap)
 
 

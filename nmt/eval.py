@@ -33,17 +33,19 @@ def metric_names(metrics: str | None, chrf: bool, ter: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
-def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
+def run_eval(systems: list[tuple[Path | None, ...]], src: Path | None, ref: Path | None,
              tsv: Path | None, beam: int | None, names: tuple[str, ...], lengths: bool,
              output: Path | None, plot: Path | None, as_json: bool, device: str,
              int8: bool | None = None, bootstrap: int = DEFAULT_RESAMPLES) -> None:
-    if output is not None and len(checkpoints) > 1:
+    """Scores each system, a checkpoint or an ensemble of checkpoints (a tuple of several)."""
+    if output is not None and len(systems) > 1:
         raise UsageError("--output names one file: use it with one --checkpoint")
     results: list[EvalResult] = []
     test_sets: list[tuple[list[str], list[str]]] = []
-    for ckpt in checkpoints:
-        translator = load_translator(ckpt, device, int8=int8)
+    for first, *others in systems:
+        translator = load_translator(first, device, ensemble=tuple(others), int8=int8)
         run_dir = translator.path.parent
+        name = " + ".join([str(translator.path), *map(str, others)])
         if src is None and tsv is None:
             sources, refs = read_test_set(run_dir / "test.en", run_dir / "test.pt", None)
             test_name = "test"
@@ -51,9 +53,9 @@ def run_eval(checkpoints: list[Path | None], src: Path | None, ref: Path | None,
             sources, refs = read_test_set(src, ref, tsv)
             test_name = (tsv or src).stem
         b = beam or translator.decode.beam
-        hyp_path = output or run_dir / f"{test_name}.beam{b}.hyp.txt"
-        results.append(evaluate(translator, sources, refs, b, names, hyp_path,
-                                str(translator.path), lengths))
+        kind = f".ensemble{len(others) + 1}" if others else ""
+        hyp_path = output or run_dir / f"{test_name}.beam{b}{kind}.hyp.txt"
+        results.append(evaluate(translator, sources, refs, b, names, hyp_path, name, lengths))
         test_sets.append((sources, refs))
     comparison = _compare(results, test_sets, names, bootstrap)
     if lengths:
@@ -98,8 +100,8 @@ def _as_json(r: EvalResult, i: int, first: EvalResult, comparison: Comparison | 
 
 
 def _label(r: EvalResult) -> str:
-    p = Path(r.checkpoint)
-    return f"{p.parent.name}/{p.name}"
+    """run/file.pt, or run/a.pt + run/b.pt for an ensemble."""
+    return " + ".join(f"{Path(c).parent.name}/{Path(c).name}" for c in r.checkpoint.split(" + "))
 
 
 def _print_result(r: EvalResult) -> None:

@@ -1,5 +1,6 @@
-"""Greedy and beam search over `Seq2Seq.encode` and `Decoder.step`, batched over sentences (and
-beams). Sentences that finish leave the batch, so the remaining steps cost less.
+"""Greedy and beam search over `encode` and `decode_step` of a `Seq2Seq` (or an `Ensemble` of
+them), batched over sentences (and beams). Sentences that finish leave the batch, so the
+remaining steps cost less.
 
 Shapes: B sentences, K beam size, S source length, V target vocabulary, H decoder size.
 `products` says how the decoder's weight products run (`nmt.fast.products.for_inference`: packed
@@ -17,6 +18,8 @@ from nmt.errors import UsageError
 from nmt.fast.products import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
+Model = Seq2Seq  # or nmt.inference.ensemble.Ensemble: the same encode and decode_step
+
 
 @dataclass
 class Hypothesis:
@@ -32,7 +35,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.inference_mode()
-def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
+def greedy(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
            keep_attention: bool = False, top_k: int = 0, products: Products = PLAIN
            ) -> list[Hypothesis]:
     """Picks the most likely token at each step; returns one hypothesis per sentence.
@@ -46,9 +49,7 @@ def greedy(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: to
     attn: list[list[torch.Tensor]] = [[] for _ in range(b)]
     alts: list[list[list[tuple[int, float]]]] = [[] for _ in range(b)]
     for t in range(int(max_len.max()) + 1):
-        x = model.decoder.embed_inputs(prev, products)  # (b', 4H)
-        state, weights = model.decoder.step(x, state, memory, t)
-        logp = model.log_probs(state.feed, products)  # (b', V)
+        state, weights, logp = model.decode_step(prev, state, memory, t, products)  # (b', V)
         best_lp, best = logp.max(dim=1)
         forced = max_len[rows] <= t  # length limit reached: finish with EOS
         best = torch.where(forced.to(best.device), torch.full_like(best, EOS), best)
@@ -88,7 +89,7 @@ def check_beam(beam: int, vocab: int, name: str = "--beam") -> None:
 
 
 @torch.inference_mode()
-def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
+def beam_search(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
                 keep_attention: bool = False, early_stop: bool = False,
                 products: Products = PLAIN) -> list[list[Hypothesis]]:
@@ -114,12 +115,10 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, max_le
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     n_done = torch.zeros(b, dtype=torch.long)  # (n,) finished hypotheses per active sentence
     for t in range(int(max_len.max()) + 1):
-        x = model.decoder.embed_inputs(prev, products)  # (n*width, 4H)
-        state, weights = model.decoder.step(x, state, memory, t)
+        state, weights, logp = model.decode_step(prev, state, memory, t, products)  # logp (nw, V)
         if keep_attention:
             w = weights.unsqueeze(1)  # (n*width, 1, S)
             att_hist = w if att_hist is None else torch.cat([att_hist, w], dim=1)
-        logp = model.log_probs(state.feed, products)  # (n*width, V)
         n, v = scores.size(0), logp.size(1)
         at_limit = (max_len[sent] <= t).to(dev)  # (n,) must end now
         if bool(at_limit.any()):

@@ -17,9 +17,10 @@ from nmt.data.batching import pad_sources
 from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
-from nmt.errors import CheckpointError
+from nmt.errors import CheckpointError, UsageError
 from nmt.fast import products
 from nmt.fast.products import Products
+from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
 from nmt.model.seq2seq import Seq2Seq, build_model
 
@@ -42,7 +43,7 @@ class Translator:
     with `decode.int8` on a CPU): the weights must not change while a translator is in use
     (validation makes a new one each time)."""
 
-    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig,
+    def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer, decode: DecodeConfig,
                  max_src_pieces: int, device: torch.device = torch.device("cpu"),
                  path: Path | None = None) -> None:
         self.model, self.tokenizer, self.decode = model, tokenizer, decode
@@ -124,11 +125,25 @@ class Translator:
         return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]
 
 
-def load_translator(path: Path | None, device: str = "cpu", **decode) -> Translator:
-    """The translator of a checkpoint file or run directory (default: the newest run's best)."""
+def load_translator(path: Path | None, device: str = "cpu", ensemble: tuple[Path, ...] = (),
+                    **decode) -> Translator:
+    """The translator of a checkpoint file or run directory (default: the newest run's best),
+    searching as an ensemble with the models of `ensemble` (checkpoints or run directories with
+    the same tokenizer); decoding settings are the first checkpoint's, with `decode` changes."""
     resolved = checkpoint.resolve(path if path is not None else checkpoint.latest_run())
     log.info("using checkpoint %s", resolved)
     translator = Translator.from_checkpoint(resolved, pick_device(device))
+    if ensemble:
+        models = [translator.model]
+        for other in ensemble:
+            member = Translator.from_checkpoint(checkpoint.resolve(other), pick_device(device))
+            if (member.tokenizer.src_model, member.tokenizer.tgt_model) != (
+                    translator.tokenizer.src_model, translator.tokenizer.tgt_model):
+                raise UsageError(f"--ensemble {other}: its tokenizer differs from {resolved}'s; "
+                                 f"an ensemble needs models with one tokenizer")
+            log.info("in the ensemble: %s", member.path)
+            models.append(member.model)
+        translator.model = Ensemble(models)
     changes = {k: v for k, v in decode.items() if v is not None}
     if changes:  # checked as the config's own decode section is
         translator.decode = from_dict({"decode": asdict(replace(translator.decode, **changes))},

@@ -88,6 +88,15 @@ class Seq2Seq(nn.Module):
         """(B, H) attentional states -> (B, V) log-probabilities of the next token."""
         return torch.log_softmax(products.linear(att, self.generator.weight), dim=-1)
 
+    def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory, t: int,
+                    products: Products = PLAIN
+                    ) -> tuple[DecoderState, torch.Tensor, torch.Tensor]:
+        """One search step: prev (B,) the previous tokens -> the new state, the attention
+        weights (B, S) and the log-probabilities of the next token (B, V)."""
+        x = self.decoder.embed_inputs(prev, products)  # (B, 4H)
+        state, weights = self.decoder.step(x, state, memory, t)
+        return state, weights, self.log_probs(state.feed, products)
+
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     """Builds the model described by `model` in the config."""
