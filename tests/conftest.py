@@ -93,10 +93,11 @@ class ServerProcess:
 
 
 def serve_process(run: Path, *args: str, timeout: float = 120) -> ServerProcess:
-    """Starts `nmt serve` on a free loopback port (--port 0) and waits until it listens."""
+    """Starts `nmt serve` on a free loopback port (--port 0), on one thread as the tests' tiny
+    models run fastest, and waits until it listens."""
     proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", "--checkpoint", str(run),
-                             "--port", "0", *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             "--port", "0", "--threads", "1", *args], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     server = ServerProcess(proc)
     listening = threading.Event()
 

@@ -314,6 +314,21 @@ def test_batcher_does_not_wait_once_a_batch_is_full():
     batcher.close()
 
 
+def test_under_load_the_wait_counts_from_when_the_worker_is_free():
+    """A job that queued behind a running batch waits for the requests that its clients send
+    as soon as they are answered, so that the two make one batch, not two halves."""
+    fake = FakeModel(delay=0.3)
+    batcher = Batcher(fake, max_batch=8, max_wait_s=0.2, max_queue=100)
+    running = batcher.submit(["a"], KEY)
+    assert fake.started.wait(5)
+    queued = batcher.submit(["b"], KEY)  # arrives while "a" is translated
+    assert running.result(5) == ["A"]
+    again = batcher.submit(["c"], KEY)  # "a"'s client is back
+    assert queued.result(5) == ["B"] and again.result(5) == ["C"]
+    assert [sentences for sentences, _ in fake.batches] == [["a"], ["b", "c"]]
+    batcher.close()
+
+
 def test_a_cancelled_job_costs_nothing():
     fake = FakeModel(delay=0.3)
     batcher = Batcher(fake, max_batch=1, max_wait_s=0, max_queue=100)

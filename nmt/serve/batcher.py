@@ -7,6 +7,10 @@ same options (or until they hold `max_batch` sentences), and translates them in 
 Jobs with other options wait for a batch of their own. A job whose future was cancelled (its
 client went away) is dropped before it costs any work.
 
+Under load the wait counts from when the worker became free, not from the oldest arrival:
+the clients just answered send their next requests within milliseconds, and waiting for them
+makes one batch of what would otherwise alternate as two half batches.
+
     requests ──> queue (FIFO) ──> worker: [job a][job c] same key ──> translate ──> futures
                        └── job b (another key) waits for the next batch
 """
@@ -78,6 +82,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._deadline = float("inf")  # after close(): queued jobs fail from then on
+        self._free_since = 0.0  # when the worker finished its last batch
         self.stats = BatchStats()
         self._thread = threading.Thread(target=self._run, name="nmt-serve-model", daemon=True)
         self._thread.start()
@@ -120,6 +125,7 @@ class Batcher:
         while (jobs := self._next_batch()) is not None:
             if jobs:
                 self._answer(jobs)
+                self._free_since = time.monotonic()
         log.debug("batch worker stopped")
 
     def _next_batch(self) -> list[_Job] | None:
@@ -136,7 +142,8 @@ class Batcher:
                     continue
                 first = self._queue[0]
                 waiting = sum(len(j.sentences) for j in self._queue if j.key == first.key)
-                wait = first.arrived + self.max_wait_s - time.monotonic()
+                start = max(first.arrived, self._free_since)
+                wait = start + self.max_wait_s - time.monotonic()
                 if self._closing or waiting >= self.max_batch or wait <= 0:
                     return self._take(first.key)
                 self._cond.wait(wait)
