@@ -90,7 +90,7 @@ def test_threads_loading_at_once_get_the_same_answer(monkeypatch):
     assert results == [False, False] and calls == [1]
 
 
-def test_without_the_score_piece_nothing_is_built(monkeypatch, tmp_path):
+def test_without_the_kernels_piece_nothing_is_built(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_loaded", None)
     monkeypatch.setattr(kernels.fast, "_ON", frozenset({"products"}))
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
@@ -98,9 +98,9 @@ def test_without_the_score_piece_nothing_is_built(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("value,pieces", [("", {"products", "score", "gates", "rows"}),
-                                          ("0", set()), ("score, rows", {"score", "rows"}),
-                                          ("score,nonsense", {"score"})])
+@pytest.mark.parametrize("value,pieces", [("", {"products", "kernels", "gates", "rows"}),
+                                          ("0", set()), ("kernels, rows", {"kernels", "rows"}),
+                                          ("kernels,nonsense", {"kernels"})])
 def test_nmt_fast_names_the_pieces_that_run(value, pieces, caplog):
     assert kernels.fast._parse(value) == pieces
     assert ("unknown piece 'nonsense'" in caplog.text) == ("nonsense" in value)

@@ -3,14 +3,15 @@
   products  packed weights for the products of a step loop, and in training one product for
             each weight's gradient over all steps (`nmt.fast.products`, the only user of torch's
             private oneDNN and 8-bit operators, each behind a probe);
-  score     the fused additive score, a PyTorch custom operator (`nmt.fast.kernels`);
+  kernels   fused element-wise operators, PyTorch custom operators in C++ (`nmt.fast.kernels`):
+            the additive score, the decoder's LSTM cell, the cross-entropy with its gradient;
   gates     in search, each target token's contribution to the decoder's gates, looked up in a
             table made once instead of a product per step (`Decoder.embed_inputs`);
   rows      teacher forcing that drops ended rows from later steps (`nmt.fast.rows`).
 
 `NMT_FAST` says which run: unset or 1, all of them; 0, none (the plain PyTorch model, which the
 fast paths are tested against: the test suite runs both ways); or a comma-separated list of the
-pieces that run (`NMT_FAST=products,score`). Set it before nmt starts; it is read once.
+pieces that run (`NMT_FAST=products,kernels`). Set it before nmt starts; it is read once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 
 log = logging.getLogger(__name__)
 
-PIECES = ("products", "score", "gates", "rows")
+PIECES = ("products", "kernels", "gates", "rows")
 
 
 def _parse(value: str) -> frozenset[str]:

@@ -2,18 +2,22 @@
 
     if kernels.usable(proj, q):
         scores = kernels.additive_score(proj, q, v)      # (N, G, S), differentiable
+    if kernels.usable(gates, c):
+        h, c = kernels.lstm_cell(gates, c)                # (B, H) each, differentiable
+    if kernels.usable(logits):
+        loss = kernels.cross_entropy(logits, target, eps) # summed, differentiable
 
-`torch.ops.nmt.additive_score` is defined in C++ with its schema (`TORCH_LIBRARY`), built with
-`torch.utils.cpp_extension` for this machine (`-march=native`) into the cache directory
+The operators (`torch.ops.nmt.*`) are defined in C++ with their schemas (`TORCH_LIBRARY`), built
+with `torch.utils.cpp_extension` for this machine (`-march=native`) into the cache directory
 (`$NMT_CACHE_DIR`, else `$XDG_CACHE_HOME/nmt` or `~/.cache/nmt`), in a folder named by a hash of
 the source, the flags, the compiler and its version, torch's version and the CPU, under a lock
-that concurrent first uses wait on. Its fake implementation (for torch.compile and meta tensors)
-and its autograd formula are registered here with `torch.library`.
+that concurrent first uses wait on. Their fake implementations (for torch.compile and meta
+tensors) and autograd formulas are registered here with `torch.library`.
 
-Without a C++ compiler, or with the score kernel switched off (`nmt.fast`), `usable` is False
-and callers use their plain PyTorch formula, which computes the same values (the tests hold the
-two to float32 rounding). The operator takes float32 tensors on the CPU only; CUDA and autocast
-keep the plain formula.
+Without a C++ compiler, or with the kernels switched off (`nmt.fast`), `usable` is False and
+callers use their plain PyTorch formula, which computes the same values (the tests hold the two
+to float32 rounding). The operators take float32 tensors on the CPU only; CUDA and autocast keep
+the plain formulas.
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def _build_and_load(cxx: list[str], extra: list[str], folder: Path) -> None:
 def _find_or_build() -> bool:
     """Loads the operators into torch (building them first where needed) -> whether they are
     there. A damaged build is removed and built once more."""
-    if not fast.on("score"):
+    if not fast.on("kernels"):
         return False
     cxx = compiler()
     if shutil.which(cxx[0]) is None:
@@ -185,7 +189,7 @@ def load() -> bool:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """True where the operators apply: float32 CPU tensors, no autocast, operators built."""
-    return (fast.on("score")
+    return (fast.on("kernels")
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not torch.is_autocast_enabled("cpu") and load())
 
@@ -196,8 +200,26 @@ def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torc
     return torch.ops.nmt.additive_score(proj, q, v)
 
 
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
+    c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); differentiable."""
+    h, c_new, _ = torch.ops.nmt.lstm_cell(gates, c)
+    return h, c_new
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """logits (N, V), target (N,) class ids -> the summed cross-entropy with label smoothing
+    `eps`, as F.cross_entropy(logits, target, reduction="sum", label_smoothing=eps). Its gradient
+    is computed in the same pass, where one is wanted (else this is F.cross_entropy)."""
+    if target.numel() == 0 or not (torch.is_grad_enabled() and logits.requires_grad):
+        return torch.nn.functional.cross_entropy(logits, target, reduction="sum",
+                                                 label_smoothing=eps)
+    loss, _ = torch.ops.nmt.cross_entropy(logits, target, eps)
+    return loss.sum()
+
+
 def _register() -> None:
-    """The operators' fake implementations and autograd formula."""
+    """The operators' fake implementations and autograd formulas."""
 
     @torch.library.register_fake("nmt::additive_score")
     def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -219,3 +241,42 @@ def _register() -> None:
 
     torch.library.register_autograd("nmt::additive_score", backward,
                                     setup_context=setup_context)
+
+    @torch.library.register_fake("nmt::lstm_cell")
+    def _(gates: torch.Tensor, c: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.empty_like(c), torch.empty_like(c), torch.empty_like(gates)
+
+    @torch.library.register_fake("nmt::lstm_cell_backward")
+    def _(act: torch.Tensor, c: torch.Tensor, c_new: torch.Tensor, dh: torch.Tensor,
+          dc_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.empty_like(act), torch.empty_like(c)
+
+    def cell_context(ctx, inputs: tuple, output: tuple) -> None:
+        _, c = inputs
+        _, c_new, act = output
+        ctx.save_for_backward(act, c, c_new)
+
+    def cell_backward(ctx, dh: torch.Tensor | None, dc_new: torch.Tensor | None,
+                      _dact: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        act, c, c_new = ctx.saved_tensors
+        dh = torch.zeros_like(c) if dh is None else dh
+        dc_new = torch.zeros_like(c) if dc_new is None else dc_new
+        return torch.ops.nmt.lstm_cell_backward(act, c, c_new, dh, dc_new)
+
+    torch.library.register_autograd("nmt::lstm_cell", cell_backward, setup_context=cell_context)
+
+    @torch.library.register_fake("nmt::cross_entropy")
+    def _(logits: torch.Tensor, target: torch.Tensor, eps: float
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits.new_empty(logits.size(0)), torch.empty_like(logits)
+
+    def ce_context(ctx, inputs: tuple, output: tuple) -> None:
+        ctx.save_for_backward(output[1])
+
+    def ce_backward(ctx, dloss: torch.Tensor, _dgrad: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * dloss.unsqueeze(1), None, None  # never in place: a second backward too
+
+    torch.library.register_autograd("nmt::cross_entropy", ce_backward, setup_context=ce_context)

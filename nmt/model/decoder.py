@@ -37,7 +37,7 @@ from torch import nn
 
 from nmt import fast
 from nmt.data.tokenizer import PAD
-from nmt.fast import products
+from nmt.fast import kernels, products
 from nmt.fast.products import PLAIN, Products
 from nmt.fast.rows import Prefixes
 from nmt.model.attention import Attention, Memory
@@ -123,6 +123,8 @@ class Decoder(nn.Module):
     @staticmethod
     def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H)."""
+        if kernels.usable(gates, c):
+            return kernels.lstm_cell(gates, c)  # the same, fused
         i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c

@@ -15,6 +15,7 @@ from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
+from nmt.fast import kernels
 from nmt.fast.products import PLAIN, Products
 from nmt.model.attention import Memory, build_attention
 from nmt.model.decoder import Decoder, DecoderState
@@ -81,7 +82,10 @@ class Seq2Seq(nn.Module):
         att = self.decoder.real_tokens(tgt_in, tgt_len, state, memory)  # (N, H)
         gold = tgt_out.t()[tgt_out.t() != PAD]  # (N,), time-major as att
         logits = self.generator(att)  # (N, V)
-        loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
+        if kernels.usable(logits):  # fused: the gradient comes out of the same pass
+            loss = kernels.cross_entropy(logits, gold, label_smoothing)
+        else:
+            loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
         return loss, gold.numel()
 
     def log_probs(self, att: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
