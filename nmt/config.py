@@ -54,6 +54,8 @@ class DataConfig:
     joint_vocab: bool = True  # one model for both languages, or one per language
     character_coverage: float = 1.0  # SentencePiece character coverage
     max_pieces: int = 100  # training pairs longer than this (subword pieces) are dropped
+    sampling_alpha: float = 0.0  # subword sampling in training (0: off): unigram alpha, BPE-dropout
+    sampling_nbest: int = -1  # unigram: sample among the n best segmentations (-1: all)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,9 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.vocab_size", lambda v: 16 <= v <= 1_000_000, "in [16, 1000000]"),
     ("data.character_coverage", lambda v: 0.9 <= v <= 1, "in [0.9, 1]"),
     ("data.max_pieces", lambda v: v >= 2, ">= 2"),
+    ("data.sampling_alpha", lambda v: 0 <= v <= 1, "in [0, 1] (0: off)"),
+    ("data.sampling_nbest", lambda v: v == -1 or 2 <= v <= 512,
+     "-1 (every segmentation) or in [2, 512]"),
     ("model.emb_size", lambda v: v >= 1, ">= 1"),
     ("model.hidden_size", lambda v: v >= 1, ">= 1"),
     ("model.decoder_size", lambda v: v >= 1, ">= 1"),
@@ -280,6 +285,19 @@ def _decays_down(cfg: Config) -> Iterator[str]:
     if t.schedule in ("linear", "cosine") and t.min_lr > t.lr:
         yield (f"train.min_lr: {t.min_lr:g} is above train.lr ({t.lr:g}): schedule "
                f"{t.schedule!r} decays from train.lr down to train.min_lr")
+
+
+@_reads("data.spm_type", "data.sampling_alpha", "data.sampling_nbest")
+def _bpe_dropout(cfg: Config) -> Iterator[str]:
+    d = cfg.data
+    if d.spm_type != "bpe":
+        return
+    if d.sampling_nbest != -1:
+        yield (f"data.sampling_nbest: BPE-dropout (spm_type 'bpe') samples from no n-best "
+               f"list; leave it at -1, got {d.sampling_nbest}")
+    if d.sampling_alpha == 1:
+        yield ("data.sampling_alpha: a BPE-dropout of 1 drops every merge, leaving "
+               "characters; expected a probability below 1 (e.g. 0.1)")
 
 
 @_reads("data.corpora")

@@ -21,9 +21,10 @@ import yaml
 
 from nmt import checkpoint, lock
 from nmt.config import Config, TrainConfig, from_dict, to_dict
-from nmt.data.batching import Dataset, weighted
+from nmt.data.batching import Dataset, Resegmented, weighted
 from nmt.data.prepare import Prepared, prepare
 from nmt.data.report import batching_line, composition_line
+from nmt.data.sampling import describe
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import Validation, make_validator
@@ -138,8 +139,10 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
     validate = make_validator(model, prepared, cfg, device) if d.main else None
     weights = tuple(c.weight for c in cfg.data.corpora)
-    trainer = Trainer(model, optimizer, schedule, Dataset.load(prepared.ids("train")), validate,
-                      cfg.train, run_dir, saved, device, d, corpus_weights=weights)
+    data = Dataset.load(prepared.ids("train"))
+    trainer = Trainer(model, optimizer, schedule, data, validate, cfg.train, run_dir, saved,
+                      device, d, corpus_weights=weights,
+                      collate=_sampling(cfg, prepared, data) if cfg.data.sampling_alpha else None)
     if resume:
         state = checkpoint.load(run_dir / "last.pt")
         if "resume" not in state:
@@ -164,6 +167,10 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     if weighted(weights):
         log.info("corpus weights: %s", composition_line(
             trainer.data, weights, [c.path for c in cfg.data.corpora]))
+    if cfg.data.sampling_alpha:
+        log.info("subword sampling in training batches: %s (validation and search: the one "
+                 "segmentation)", describe(cfg.data.spm_type, cfg.data.sampling_alpha,
+                                           cfg.data.sampling_nbest))
     with _signals(trainer):
         trainer.run()
     if d.main and trainer.stop_signal is None and t.average_last:
@@ -175,6 +182,14 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         raise Interrupted(trainer.stop_signal, f"interrupted at step {trainer.progress.step}; "
                           f"saved {run_dir / 'last.pt'} (continue with --resume {run_dir})")
     return run_dir
+
+
+def _sampling(cfg: Config, prepared: Prepared, data: Dataset) -> Resegmented:
+    """Training batches segmented by subword sampling, seeded by train.seed (docs/quality.md)."""
+    d = cfg.data
+    samplers = prepared.tokenizer().samplers(d.spm_type, d.sampling_alpha, d.sampling_nbest)
+    return Resegmented(data, prepared.lines("train", "en"), prepared.lines("train", "pt"),
+                       *samplers, cfg.train.seed, cfg.train.batch_tokens)
 
 
 def _average_last(trainer: Trainer, validate: Callable[[], Validation], k: int,

@@ -4,12 +4,14 @@
     train split --SentencePiece--> models --encode--> ids (flat arrays + offsets, .npz)
 
 Each pair keeps the index of its corpus in `data.corpora` (`corpus` in the .npz), which corpus
-weights read when an epoch is composed (nmt.data.batching).
+weights read when an epoch is composed (nmt.data.batching), and its line in the split's text
+files (`line`; pairs over `data.max_pieces` are dropped from the ids, not from the text), from
+which subword sampling segments training pairs anew (nmt.data.sampling).
 
 The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config (but not
-the corpus weights, a training choice) and the bytes of every input file; a manifest with each
-output's size and sha256 is written last, so a half-written or corrupted cache is detected and
-rebuilt, never used.
+the corpus weights or the subword sampling, training choices) and the bytes of every input
+file; a manifest with each output's size and sha256 is written last, so a half-written or
+corrupted cache is detected and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ PIPELINE_VERSION = 1
 SPLITS = ("train", "valid", "test")
 LANGS = ("en", "pt")
 ENCODE_CHUNK = 10_000
+# data settings outside the cache key (corpus weights too): where the files are, and how
+# training reads the prepared data
+UNKEYED = ("dir", "prepared_dir", "sampling_alpha", "sampling_nbest")
 
 
 @dataclass
@@ -80,6 +85,10 @@ class Prepared:
 
     def text(self, split: str, lang: str) -> Path:
         return self.path / f"{split}.{lang}"
+
+    def lines(self, split: str, lang: str) -> list[str]:
+        """The split's normalised sentences in one language, one per line of `text`."""
+        return list(_lines(self.text(split, lang)))
 
     def ids(self, split: str) -> Path:
         return self.path / f"{split}.npz"
@@ -117,7 +126,7 @@ def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
 
 def cache_key(cfg: DataConfig) -> str:
     corpora, protected = _inputs(cfg)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("dir", "prepared_dir")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in UNKEYED}
     settings["corpora"] = [{k: v for k, v in c.items() if k != "weight"}
                            for c in settings["corpora"]]
     h = hashlib.sha256(json.dumps([PIPELINE_VERSION, settings], sort_keys=True).encode())
@@ -158,10 +167,10 @@ def prepare(cfg: DataConfig, progress: bool = True) -> Prepared:
 
 def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     summary = _load_manifest(out, key) if out.exists() else None
-    if summary is not None and weighted([c.weight for c in cfg.corpora]) \
-            and not _knows_corpora(out):
-        log.info("prepared data in %s does not record each pair's corpus, which corpus "
-                 "weights need; preparing it again", out)
+    missing = _missing_records(out, cfg) if summary is not None else None
+    if missing:
+        log.info("prepared data in %s does not record each pair's %s; preparing it again",
+                 out, missing)
         summary = None
     if summary is not None:
         summary.cached = True
@@ -180,14 +189,21 @@ def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     return Prepared(out, summary)
 
 
-def _knows_corpora(path: Path) -> bool:
-    """Whether prepared data records each training pair's corpus (nmt before corpus weights
-    did not)."""
+def _missing_records(path: Path, cfg: DataConfig) -> str | None:
+    """What `cfg` needs to know of each training pair that prepared data written by an older
+    nmt does not record: its corpus (for corpus weights), its line (for subword sampling)."""
+    needed = {"corpus": "corpus, which corpus weights need",
+              "line": "line in the text, which subword sampling needs"}
+    if not weighted([c.weight for c in cfg.corpora]):
+        del needed["corpus"]
+    if not cfg.sampling_alpha:
+        del needed["line"]
     try:
         with np.load(path / "train.npz") as z:
-            return "corpus" in z.files
+            missing = [why for name, why in needed.items() if name not in z.files]
     except (OSError, ValueError):
-        return False
+        missing = list(needed.values())
+    return " and ".join(missing) or None
 
 
 def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
@@ -277,19 +293,19 @@ def _train_tokenizer(cfg: DataConfig, work: Path) -> Tokenizer:
 
 def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
                   max_pieces: int | None) -> tuple[int, tuple[float, float], int]:
-    """Encodes a split in chunks into flat id arrays, with each pair's corpus index; returns
-    (pairs, avg pieces, dropped)."""
+    """Encodes a split in chunks into flat id arrays, with each pair's corpus index and line;
+    returns (pairs, avg pieces, dropped)."""
     src_ids: list[np.ndarray] = []
     tgt_ids: list[np.ndarray] = []
     src_len: list[int] = []
     tgt_len: list[int] = []
-    corpus = array("i")
+    corpus, lines = array("i"), array("i")
     dropped = 0
-    pairs = zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"), origins)
+    pairs = enumerate(zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"), origins))
     for chunk in chunks(pairs, ENCODE_CHUNK):
-        srcs = tok.encode_src([s for s, _, _ in chunk])
-        tgts = tok.encode_tgt([t for _, t, _ in chunk])
-        for s, t, (_, _, origin) in zip(srcs, tgts, chunk):
+        srcs = tok.encode_src([s for _, (s, _, _) in chunk])
+        tgts = tok.encode_tgt([t for _, (_, t, _) in chunk])
+        for s, t, (line, (_, _, origin)) in zip(srcs, tgts, chunk):
             if max_pieces is not None and max(len(s), len(t)) > max_pieces:
                 dropped += 1
                 continue
@@ -298,12 +314,13 @@ def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
             src_len.append(len(s))
             tgt_len.append(len(t))
             corpus.append(origin)
+            lines.append(line)
     n = len(src_len)
     empty = np.zeros(0, dtype=np.int32)
     np.savez(work / f"{split}.npz",
              src=np.concatenate(src_ids) if n else empty, src_len=np.asarray(src_len, np.int32),
              tgt=np.concatenate(tgt_ids) if n else empty, tgt_len=np.asarray(tgt_len, np.int32),
-             corpus=np.asarray(corpus, np.int32))
+             corpus=np.asarray(corpus, np.int32), line=np.asarray(lines, np.int32))
     avg = (float(np.mean(src_len)) if n else 0.0, float(np.mean(tgt_len)) if n else 0.0)
     return n, avg, dropped
 

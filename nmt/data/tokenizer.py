@@ -3,6 +3,9 @@
 Ids 0-3 are reserved in every model: <pad>=0, <unk>=1, <s>=2 (BOS), </s>=3 (EOS). A joint model
 serves both languages; otherwise English and Portuguese have one model each. Models travel as
 bytes, so a checkpoint carries its tokenizer.
+
+`encode_*` gives a sentence's one segmentation, which prepared data, validation and search use;
+`samplers` draw other segmentations of it for subword regularisation (nmt.data.sampling).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import io
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
+
+from nmt.data.sampling import BpeDropout, UnigramSampling, sampler
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -57,6 +62,12 @@ class Tokenizer:
 
     def encode_tgt(self, sentences: list[str]) -> list[list[int]]:
         return self.tgt.encode(sentences)
+
+    def samplers(self, spm_type: str, alpha: float, nbest: int
+                 ) -> tuple[UnigramSampling | BpeDropout, UnigramSampling | BpeDropout]:
+        """Source and target subword sampling (one, when the vocabulary is joint)."""
+        src = sampler(self.src, spm_type, alpha, nbest)
+        return src, src if self.tgt is self.src else sampler(self.tgt, spm_type, alpha, nbest)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         return self.tgt.decode(ids)

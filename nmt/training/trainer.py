@@ -3,7 +3,8 @@ function and a run directory, and loops. Nothing here knows about configs files 
 
 Everything a run needs to continue bit-for-bit lives in `last.pt`: weights, optimizer, schedule,
 `Progress` (step, epoch, position in the epoch's batch order, best scores) and every rank's RNG
-state; the batch order itself is a pure function of (seed, epoch).
+state; the batch order itself is a pure function of (seed, epoch), and a batch's contents of
+(its pairs, epoch, position), whatever `Collate` makes it.
 
 Under several processes, rank 0 alone validates and decides (learning rate, stopping, best
 checkpoint); its schedule and `Progress` are then shared with every rank, so all ranks keep
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from nmt import checkpoint
 from nmt.config import TrainConfig
-from nmt.data.batching import Dataset, collate, epoch_batches
+from nmt.data.batching import Collate, Dataset, epoch_batches, prepared_ids
 from nmt.errors import TrainingError
 from nmt.model.seq2seq import Seq2Seq
 from nmt.training import distributed, rng
@@ -65,8 +66,11 @@ class Trainer:
                  data: Dataset, validate: Callable[[], Validation], settings: TrainConfig,
                  run_dir: Path, saved: dict, device: torch.device,
                  dist: distributed.Dist = distributed.Dist(),
-                 corpus_weights: tuple[float, ...] = (), board: Board | None = None) -> None:
+                 corpus_weights: tuple[float, ...] = (), board: Board | None = None,
+                 collate: Collate | None = None) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        # makes a training batch from its pair indices; default: their prepared ids
+        self.collate = collate or prepared_ids(data)
         self.corpus_weights = corpus_weights  # per data.corpora entry; () or all 1: unweighted
         self.board = board  # TensorBoard event files (rank 0), or None
         self.data, self.validate, self.s = data, validate, settings
@@ -190,21 +194,28 @@ class Trainer:
         """One optimizer step on a group of batches (pair indices): this rank's share of them
         (every world-th), accumulated, each loss scaled by the group's target-token count, so
         the step equals one step on all the group's pairs at once. Returns (summed loss, target
-        tokens) of the whole group, or None when the loss was not finite and it was skipped."""
+        tokens) of the whole group, or None when the loss was not finite and it was skipped.
+
+        The group's batches are the `world x accumulate` batches from position `progress.batch`
+        of the epoch's list; a rank collates only its own (each in one part or more), and the
+        token count is summed over ranks (a sampled segmentation's length is known only to the
+        rank that drew it)."""
         p, s, d = self.progress, self.s, self.dist
-        tokens = [int(self.data.tgt_len[b].sum()) + len(b) for b in group]  # EOS included
-        n_total = sum(tokens)
         mine = list(range(d.rank, len(group), d.world))
         # a rank left without a batch (at an epoch's end) joins in with a zero-weight one
         weights = [1.0] * len(mine) if mine else [0.0]
         mine = mine or [0]
+        parts = [(part, weight) for i, weight in zip(mine, weights)
+                 for part in self.collate(group[i], p.epoch, p.batch + i)]
+        counted = sum(b.n_tokens for b, weight in parts if weight)  # EOS included
+        n_total = int(distributed.sum_all(d, torch.tensor(counted, dtype=torch.int64)))
         for group_param in self.optimizer.param_groups:
             group_param["lr"] = lr
         self.loss_fn.train()
         total = torch.zeros((), dtype=torch.float64)
-        for k, (i, weight) in enumerate(zip(mine, weights)):
-            batch = collate(self.data, group[i]).to(self.device)
-            last = k == len(mine) - 1
+        for k, (batch, weight) in enumerate(parts):
+            batch = batch.to(self.device)
+            last = k == len(parts) - 1
             sync = nullcontext() if last or not d.enabled else self.loss_fn.no_sync()
             with sync:
                 with self.precision.autocast():
