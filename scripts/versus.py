@@ -1,0 +1,120 @@
+"""Speed of this checkout against another commit's, side by side in one process.
+
+    git worktree add /tmp/old 9db9e7c
+    python scripts/versus.py --old /tmp/old [--batches 60] [--sentences 300] [--turns 5]
+
+The other checkout's `nmt` package is copied into a temporary folder as `nmt_old` (its imports
+renamed) and imported beside this one. Each trains its own copy of the same initial model of
+configs/bench.yaml on the same batches, taking turns on every batch; then each translates the
+same test sentences with beam 5 (and with int8) on the same weights, in turns. Prints new speed
+÷ old speed as the ratio of the totals (medians for search) and as the median of the
+side-by-side ratios, which a burst of other work on a shared machine moves less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nmt.config import load_config
+from nmt.data.batching import Dataset, collate, token_batches
+from nmt.data.prepare import prepare
+from nmt.inference.translator import Translator
+from nmt.model.seq2seq import build_model
+from nmt.train import build_optimizer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import test_pairs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+_IMPORT = re.compile(r"\b(from|import) nmt\b")
+
+
+def import_old(checkout: Path, folder: Path):
+    """The checkout's package as `nmt_old` -> its (config, seq2seq, train, translator,
+    tokenizer) modules."""
+    target = folder / "nmt_old"
+    shutil.copytree(checkout / "nmt", target)
+    for path in target.rglob("*.py"):
+        text = _IMPORT.sub(r"\1 nmt_old", path.read_text())
+        path.write_text(text.replace('"nmt.kernels', '"nmt_old.kernels'))
+    sys.path.insert(0, str(folder))
+    return [importlib.import_module(f"nmt_old.{m}") for m in
+            ("config", "model.seq2seq", "train", "inference.translator", "data.tokenizer")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", type=Path, required=True, help="another checkout of nmt")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "bench.yaml")
+    ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument("--sentences", type=int, default=300)
+    ap.add_argument("--turns", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config, seq2seq, train, translator, tokenizer = import_old(args.old, Path(tmp))
+        cfg, ocfg = load_config(args.config), config.load_config(args.config)
+        torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+        prepared = prepare(cfg.data, progress=False)
+        data = Dataset.load(prepared.ids("train"))
+        tok = prepared.tokenizer()
+        seed_everything(cfg.train.seed)
+        new = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        old = seq2seq.build_model(ocfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        old.load_state_dict(new.state_dict())
+        models = {"new": (new, build_optimizer(cfg.train, new)[0]),
+                  "old": (old, train.build_optimizer(ocfg.train, old)[0])}
+        times: dict[str, list[float]] = {"new": [], "old": []}
+        tokens = 0
+        batches = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
+        for i, index in enumerate(batches[:args.batches + 5]):
+            b = collate(data, index)
+            for name in ("new", "old") if i % 2 == 0 else ("old", "new"):
+                model, optimizer = models[name]
+                model.train()
+                start = time.perf_counter()
+                loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
+                (loss / n).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if i >= 5:  # the first batches warm up
+                    times[name].append(time.perf_counter() - start)
+            tokens += n if i >= 5 else 0
+        report("training, tgt tok/s", tokens, times, sum)
+        sources = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
+        old.load_state_dict(new.state_dict())
+        old_tok = tokenizer.Tokenizer(tok.src_model, tok.tgt_model)
+        for int8 in (False, True):
+            times = {"new": [], "old": []}
+            for turn in range(args.turns):
+                for name in ("new", "old") if turn % 2 == 0 else ("old", "new"):
+                    t = (Translator(new.eval(), tok, replace(cfg.decode, int8=int8), 400)
+                         if name == "new" else translator.Translator(
+                             old.eval(), old_tok, replace(ocfg.decode, int8=int8), 400))
+                    start = time.perf_counter()
+                    t.translate(sources, beam=5)
+                    times[name].append(time.perf_counter() - start)
+            report(f"beam 5{' int8' if int8 else ''}, sent/s", len(sources), times,
+                   statistics.median)
+
+
+def report(what: str, amount: int, times: dict[str, list[float]], total) -> None:
+    new, old = amount / total(times["new"]), amount / total(times["old"])
+    sides = statistics.median(o / n for n, o in zip(times["new"], times["old"]))
+    print(f"{what}: new {new:,.1f}, old {old:,.1f}; new ÷ old {new / old:.3f}, median of the "
+          f"side-by-side ratios {sides:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
