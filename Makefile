@@ -9,7 +9,7 @@ CONFIG ?= configs/en-pt.yaml
 LOCAL_DATA := $(wildcard ../shared/data)
 DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
-.PHONY: install test test-plain demo compare bench lint clean
+.PHONY: install test test-plain demo serve compare bench lint clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,13 @@ demo: install
 	$(NMT) eval --checkpoint runs/demo --chrf
 	$(NMT) translate --checkpoint runs/demo "The cat sleeps on the sofa." \
 		"I would like to book a table for two, please." "Where is the nearest train station?"
+
+# The newest run behind the page and the API on http://127.0.0.1:8000/ (Ctrl-C stops);
+# SERVE_ARGS passes options, e.g. SERVE_ARGS="--checkpoint runs/demo --port 8080".
+SERVE_ARGS ?=
+
+serve: install
+	$(NMT) serve $(SERVE_ARGS)
 
 # Trains every attention variant on the same budget and writes docs/compare/ (under an hour
 # on 2 CPU cores); COMPARE_ARGS passes options, e.g. COMPARE_ARGS="--steps 20000".

@@ -14,11 +14,12 @@ import typing
 
 from nmt import config as c
 
-SECTIONS = [("(top level)", c.Config, ""), ("data", c.DataConfig, "data."),
-            ("data.corpora[]", c.CorpusConfig, "data.corpora[]."),
-            ("model", c.ModelConfig, "model."), ("model.attention", c.AttentionConfig,
-                                                 "model.attention."),
-            ("train", c.TrainConfig, "train."), ("decode", c.DecodeConfig, "decode.")]
+# One table per section; a nested section's keys (data.corpora[], model.attention) follow its
+# parent's in the same table.
+SECTIONS = [("(top level)", [(c.Config, "")]),
+            ("data", [(c.DataConfig, "data."), (c.CorpusConfig, "data.corpora[].")]),
+            ("model", [(c.ModelConfig, "model."), (c.AttentionConfig, "model.attention.")]),
+            ("train", [(c.TrainConfig, "train.")]), ("decode", [(c.DecodeConfig, "decode.")])]
 
 
 def comments(cls) -> dict[str, str]:
@@ -36,19 +37,26 @@ def default(f: dataclasses.Field) -> str:
     return "(required)"
 
 
+def rows(cls, prefix: str) -> list[str]:
+    notes = comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name in ("data", "model", "train", "decode",
+                                                         "attention"):
+            continue
+        note = notes.get(f.name, "")
+        hint = typing.get_type_hints(cls)[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            note += " (one of: " + ", ".join(typing.get_args(hint)) + ")"
+        out.append(f"| `{prefix}{f.name}` | {default(f)} | {note} |")
+    return out
+
+
 def main() -> None:
-    for title, cls, prefix in SECTIONS:
-        notes = comments(cls)
+    for title, parts in SECTIONS:
         print(f"\n**{title}**\n\n| key | default | meaning |\n| --- | --- | --- |")
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(f.type) or f.name in ("data", "model", "train", "decode",
-                                                             "attention"):
-                continue
-            note = notes.get(f.name, "")
-            hint = typing.get_type_hints(cls)[f.name]
-            if typing.get_origin(hint) is typing.Literal:
-                note += " (one of: " + ", ".join(typing.get_args(hint)) + ")"
-            print(f"| `{prefix}{f.name}` | {default(f)} | {note} |")
+        for cls, prefix in parts:
+            print("\n".join(rows(cls, prefix)))
 
 
 if __name__ == "__main__":
