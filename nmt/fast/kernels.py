@@ -179,6 +179,8 @@ def load() -> bool:
     """Whether the operators are registered, building them if needed. The first call decides,
     once, for every thread."""
     global _loaded
+    if _loaded is not None:  # decided: no lock on the decoder step's path
+        return _loaded
     with _loading:
         if _loaded is None:
             _loaded = _find_or_build()

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from nmt import checkpoint
-from nmt.config import DecodeConfig, from_dict
+from nmt.config import Config, DecodeConfig, from_dict
 from nmt.data.batching import pad_sources
 from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
@@ -45,11 +45,13 @@ class Translator:
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer, decode: DecodeConfig,
                  max_src_pieces: int, device: torch.device = torch.device("cpu"),
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, config: Config | None = None,
+                 step: int | None = None) -> None:
         self.model, self.tokenizer, self.decode = model, tokenizer, decode
         self.max_src_pieces = max_src_pieces
         self.device = device
         self.path = path  # the checkpoint it was loaded from, if any
+        self.config, self.step = config, step  # that checkpoint's config and update count
         self._products: dict[bool, Products] = {}  # by int8
 
     def products(self) -> Products:
@@ -72,12 +74,15 @@ class Translator:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{path}: incompatible checkpoint ({first})") from None
         model.to(device).eval()
-        return cls(model, tok, cfg.decode, 4 * cfg.data.max_pieces, device, path)
+        step = data.get("step")
+        return cls(model, tok, cfg.decode, 4 * cfg.data.max_pieces, device, path, cfg,
+                   step if isinstance(step, int) else None)
 
     def translate(self, sentences: list[str], beam: int | None = None, n_best: int = 1,
-                  keep_attention: bool = False, top_k: int = 0,
-                  progress: bool = False) -> list[Translation]:
-        """Translates in batches of similar length; output order = input order."""
+                  keep_attention: bool = False, top_k: int = 0, progress: bool = False,
+                  length_penalty: float | None = None) -> list[Translation]:
+        """Translates in batches of similar length; output order = input order. `beam` and
+        `length_penalty` default to `decode`'s."""
         self.model.eval()
         beam = beam or self.decode.beam
         check_beam(beam, self.tokenizer.tgt_vocab_size)
@@ -98,7 +103,8 @@ class Translator:
             for start in tqdm(range(0, len(todo), size), desc="translating", unit=" batch",
                               disable=None if progress else True, leave=False):
                 chunk = todo[start:start + size]
-                hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k)
+                hyps = self._search([ids[i] for i in chunk], beam, n_best, keep_attention, top_k,
+                                    length_penalty)
                 for i, nbest in zip(chunk, hyps):
                     for h in nbest:
                         if h.attention is not None:
@@ -109,7 +115,7 @@ class Translator:
         return results  # type: ignore[return-value]
 
     def _search(self, sources: list[list[int]], beam: int, n_best: int, keep_attention: bool,
-                top_k: int) -> list[list[Hypothesis]]:
+                top_k: int, length_penalty: float | None) -> list[list[Hypothesis]]:
         src, src_len = pad_sources([np.asarray(s) for s in sources])
         src = src.to(self.device)
         d = self.decode
@@ -118,7 +124,8 @@ class Translator:
             hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k,
                           self.products())
             return [[h] for h in hyps]
-        return beam_search(self.model, src, src_len, max_len, beam, n_best, d.length_penalty,
+        alpha = d.length_penalty if length_penalty is None else length_penalty
+        return beam_search(self.model, src, src_len, max_len, beam, n_best, alpha,
                            keep_attention, d.early_stop, self.products())
 
     def target_pieces(self, hyp: Hypothesis) -> list[str]:

@@ -4,7 +4,6 @@ same words and matrices as `nmt translate --attention` writes)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from nmt.inference.explain import attention_record
 from nmt.inference.search import widest_beam
@@ -55,16 +54,11 @@ def check_request(text: str | list[str], beam: int | None, n_best: int,
 
 def translate_batch(translator: Translator, sentences: list[str], key: DecodeKey) -> list[dict]:
     """Runs in the batch worker, the translator's only user: translates with `key`'s options,
-    one answer per sentence. Another length penalty is set on the translator for this call
-    alone, so that whatever it has prepared for its model is reused."""
-    decode = translator.decode
-    translator.decode = replace(decode, length_penalty=key.length_penalty)
-    try:
-        results = translator.translate(sentences, beam=key.beam, n_best=key.n_best,
-                                       keep_attention=key.attention)
-        return [answer(translator, tr, key.attention) for tr in results]
-    finally:
-        translator.decode = decode
+    one answer per sentence."""
+    results = translator.translate(sentences, beam=key.beam, n_best=key.n_best,
+                                   keep_attention=key.attention,
+                                   length_penalty=key.length_penalty)
+    return [answer(translator, tr, key.attention) for tr in results]
 
 
 def answer(translator: Translator, tr: Translation, attention: bool) -> dict:

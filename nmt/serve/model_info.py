@@ -1,11 +1,11 @@
-"""What /health and /info say about the model: read once, at startup, from its checkpoint."""
+"""What /health and /info say about the model, from what its translator read from the
+checkpoint."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from nmt import checkpoint
-from nmt.config import Config, from_dict
+from nmt.config import Config
 from nmt.inference.translator import Translator
 
 
@@ -30,16 +30,13 @@ class ModelInfo:
 
 
 def describe(translator: Translator) -> ModelInfo:
-    """The translator's checkpoint, read again for what the Translator does not keep (its
-    name, step and model config); the translator's own decode settings win."""
-    path = translator.path
-    if path is None:
+    """What the translator's checkpoint said (its name, step and model config); the
+    translator's own decode settings win."""
+    cfg = translator.config
+    if cfg is None or translator.path is None:
         raise ValueError("describe() needs a translator loaded from a checkpoint")
-    data = checkpoint.load(path)
-    cfg = from_dict(data["config"], f"{path} (config)")
-    step = data.get("step")
     return ModelInfo(
-        name=cfg.name, checkpoint=str(path), step=step if isinstance(step, int) else None,
+        name=cfg.name, checkpoint=str(translator.path), step=translator.step,
         parameters=sum(p.numel() for p in translator.model.parameters()),
         device=str(translator.device), config=replace(cfg, decode=translator.decode),
         src_vocab=translator.tokenizer.src_vocab_size,
