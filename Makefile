@@ -9,7 +9,7 @@ CONFIG ?= configs/en-pt.yaml
 LOCAL_DATA := $(wildcard ../shared/data)
 DEMO_DATA := $(or $(NMT_DATA_DIR),$(LOCAL_DATA))
 
-.PHONY: install test test-plain demo serve compare bench lint clean
+.PHONY: install test test-plain demo serve compare bench race lint clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,18 @@ BENCH_ARGS ?=
 bench: install
 	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
 	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/bench.py $(BENCH_ARGS)
+
+# Time-to-BLEU race: nmt's default config, OpenNMT-py and Joey NMT trained RACE_MINUTES each
+# on the same data and pieces, one after the other, scored on one test split; writes docs/race/
+# (about 3.5 x RACE_MINUTES in all). Needs the peers of ../shared/bench/setup-peers.sh.
+RACE_MINUTES ?= 20
+RACE_ARGS ?=
+
+race: install
+	@if [ -z "$(DEMO_DATA)" ]; then $(NMT) data download tatoeba; fi
+	test -x "$${NMT_PEERS:-$${XDG_CACHE_HOME:-$$HOME/.cache}/nmt-peers}/onmt/bin/onmt-ok" || \
+		bash ../shared/bench/setup-peers.sh
+	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/race.py --minutes $(RACE_MINUTES) $(RACE_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check nmt tests scripts

@@ -204,6 +204,9 @@ def train_cmd(
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     run_dir = train(cfg, runs_dir, resume, overwrite)
     typer.echo(str(run_dir))
+    from nmt.training import distributed
+
+    distributed.leave(distributed.from_env())
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

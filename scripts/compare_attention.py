@@ -5,6 +5,8 @@ long sentences and attention does not.
     python scripts/compare_attention.py                     # short budget: under an hour on CPU
     python scripts/compare_attention.py --steps 20000 --out docs/compare-gpu   # on a GPU
     python scripts/compare_attention.py --reuse             # re-evaluate the trained runs
+    python scripts/compare_attention.py --variants none,global-concat --minutes 60 \
+        --set train.schedule=cosine --set train.threads=1   # a budget with its own schedule
 
 Writes to --out: results.md (variant, parameters, BLEU, chrF, train tokens/s, translate
 sentences/s), results.json, bleu-by-length.png and attention.png (one long sentence of our
@@ -143,6 +145,8 @@ def main() -> None:
     budget = ap.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="updates per variant (default: the config's)")
     budget.add_argument("--minutes", type=float, help="training minutes per variant instead")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every variant, e.g. train.schedule=cosine")
     ap.add_argument("--runs", type=Path, default=Path("runs/compare"))
     ap.add_argument("--out", type=Path, default=Path("docs/compare"))
     ap.add_argument("--example", default=EXAMPLE, help="the sentence of the attention heatmaps")
@@ -162,6 +166,7 @@ def main() -> None:
         overrides = [f"train.max_steps={args.steps}", "train.max_minutes=0"]
     elif args.minutes is not None:
         overrides = [f"train.max_minutes={args.minutes}", "train.max_steps=0"]
+    overrides += args.overrides
     args.out.mkdir(parents=True, exist_ok=True)
     saved = {}
     if args.plots_only:

@@ -1,4 +1,5 @@
-"""Figures: attention heatmaps and BLEU by source length (PNG, via matplotlib's Agg backend)."""
+"""Figures: attention heatmaps, BLEU by source length, BLEU against wall minutes (PNG, via
+matplotlib's Agg backend)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ def bleu_by_length(series: dict[str, list[tuple[str, float]]], path: Path,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bleu_over_time(series: dict[str, list[tuple[float, float]]], path: Path,
+                   title: str = "Validation BLEU against wall minutes") -> None:
+    """One line per system: (minutes, BLEU) points."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        ax.plot([m for m, _ in points], [b for _, b in points], marker="o", markersize=3,
+                label=name)
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("BLEU")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
