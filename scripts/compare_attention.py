@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--example", default=EXAMPLE, help="the sentence of the attention heatmaps")
     ap.add_argument("--reuse", action="store_true", help="evaluate existing runs, no training")
     ap.add_argument("--plots-only", action="store_true",
-                    help="redraw the figures from --out/results.json and the existing runs")
+                    help="redraw the figures and results.md from --out/results.json and the runs")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -188,8 +188,8 @@ def main() -> None:
         record = attention_record(translator, tr)
         panels.append((f"{name} (BLEU {outcome.bleu:.1f})", record["word_attention"],
                        record["source_words"], record["target_words"]))
+    (args.out / "results.md").write_text(table(outcomes), encoding="utf-8")
     if not saved:
-        (args.out / "results.md").write_text(table(outcomes), encoding="utf-8")
         (args.out / "results.json").write_text(
             json.dumps([o.__dict__ for o in outcomes], indent=1) + "\n", encoding="utf-8")
     bleu_by_length({o.variant: [(b, s) for b, s, _ in o.by_length] for o in outcomes},

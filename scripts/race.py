@@ -4,16 +4,17 @@ on the same data and the same SentencePiece pieces, one after the other, then sc
 test split with beam 5.
 
     python scripts/race.py --minutes 20                  # make race
-    python scripts/race.py --minutes 2 --peer onmt       # a quick look
+    python scripts/race.py --minutes 2 --toolkits nmt,onmt --test-sentences 200
 
 nmt trains with train.max_minutes set to the budget (its clock: training and validation). A peer
 is started with more updates than it can make and stopped when the budget has passed since its
 launch (start-up included); its checkpoints, saved every `--points`-th of the updates it makes
-in the budget (a one-minute untimed run measures its speed first), are copied as they appear,
+in the budget (a short untimed run measures its speed first), are copied as they appear,
 with the minute they appeared at. Afterwards every checkpoint of every toolkit is scored the
 same way: greedy translations of the first `train.valid_max_sentences` validation sentences,
-detokenised, through sacrebleu; nmt's are the ones its validation logged. Each toolkit's
-checkpoint with the best validation BLEU translates the test split with beam 5, and the
+detokenised, through sacrebleu; nmt's are the ones its validation logged. (The peers' own
+validations during training, which cost them time, see `--peer-dev` of those sentences.) Each
+toolkit's checkpoint with the best validation BLEU translates the test split with beam 5, and the
 systems are compared by paired bootstrap resampling.
 
 Writes to --out: race.md (the table), race.json and race.png (validation BLEU against wall
@@ -118,24 +119,22 @@ def steps_seen(kind: str, out: Path) -> list[int]:
 
 
 def updates_per_minute(kind: str, data: Path, out: Path, args: argparse.Namespace) -> float:
-    """The peer's training speed, from an untimed run: updates logged between the first log
-    line and `args.calibrate` seconds later."""
-    proc = start_peer(kind, data, out, peer_env(args, 10 ** 7, 10))
+    """The peer's training speed, from an untimed run: the updates between the first step it
+    logs and the last one logged `args.calibrate` seconds or more later."""
+    proc = start_peer(kind, data, out, peer_env(args, 10 ** 7, 5))
     try:
-        first = None
-        deadline = time.time() + 600
-        while time.time() < deadline:
+        seen: list[tuple[float, int]] = []  # (when first seen, step)
+        deadline = time.perf_counter() + 900
+        while time.perf_counter() < deadline and proc.poll() is None:
             steps = steps_seen(kind, out)
-            if steps and first is None:
-                first = (time.perf_counter(), steps[-1])
-            if first and time.perf_counter() - first[0] >= args.calibrate:
-                rate = (steps[-1] - first[1]) / (time.perf_counter() - first[0]) * 60
+            if steps and (not seen or steps[-1] > seen[-1][1]):
+                seen.append((time.perf_counter(), steps[-1]))
+            if len(seen) > 1 and seen[-1][0] - seen[0][0] >= args.calibrate:
+                rate = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0]) * 60
                 log.info("%s: %.1f updates a minute", kind, rate)
                 return rate
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise RuntimeError(f"{kind} logged no training steps; see {out / 'train.out'}")
+            time.sleep(0.2)
+        raise RuntimeError(f"{kind} logged too few training steps; see {out / 'train.out'}")
     finally:
         stop(proc)
 
@@ -169,13 +168,14 @@ def peer_translate(kind: str, out: Path, checkpoint: Path, source: Path, beam: i
     hyp = out / f"{checkpoint.stem}.beam{beam}.{source.stem}.hyp"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     if kind == "joey":
-        config = out / f"config.beam{beam}.yaml"
+        config = out / f"config.{checkpoint.stem}.beam{beam}.yaml"
         config.write_text((out / "config.yaml").read_text().replace(
-            "beam_size: 5", f"beam_size: {beam}"))
+            "beam_size: 5", f"beam_size: {beam}").replace(
+            "testing:\n", f"testing:\n    load_model: \"{checkpoint}\"\n"))
         with open(source) as stdin, open(hyp, "w") as stdout:
-            subprocess.run([str(python / "python"), "-m", "joeynmt", "translate", str(config),
-                            "--ckpt", str(checkpoint)], stdin=stdin, stdout=stdout,
-                           stderr=subprocess.DEVNULL, env=env, check=True)
+            subprocess.run([str(python / "python"), "-m", "joeynmt", "translate", str(config)],
+                           stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL, env=env,
+                           check=True)
     else:
         subprocess.run([str(python / "onmt_translate"), "-model", str(checkpoint), "-src",
                         str(source), "-output", str(hyp), "-beam_size", str(beam),
@@ -193,7 +193,8 @@ def race_peer(kind: str, data: Path, args: argparse.Namespace, prepared: Prepare
     rate = updates_per_minute(kind, data, out, args)
     valid_freq = max(10, round(rate * args.minutes / args.points))
     log.info("%s: %g minutes, a checkpoint every %d updates", kind, args.minutes, valid_freq)
-    proc = start_peer(kind, data, out, peer_env(args, valid_freq, 50))
+    log_freq = max(1, min(50, valid_freq // 2))  # Joey NMT wants it below valid_freq
+    proc = start_peer(kind, data, out, peer_env(args, valid_freq, log_freq))
     start, done, seen = time.perf_counter(), threading.Event(), {}
     source = out / ("model" if kind == "joey" else "run")
     watcher = threading.Thread(target=copy_checkpoints, args=(
@@ -201,6 +202,10 @@ def race_peer(kind: str, data: Path, args: argparse.Namespace, prepared: Prepare
     watcher.start()
     while time.perf_counter() - start < args.minutes * 60 and proc.poll() is None:
         time.sleep(1.0)
+    if proc.poll() is not None:  # it ended before the budget: an error
+        tail = (out / "train.out").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{kind} stopped after {(time.perf_counter() - start) / 60:.1f} "
+                           f"minutes:\n{tail}")
     stop(proc)
     time.sleep(2.5)  # the last checkpoint settles and is copied, if it was complete
     done.set()
@@ -212,7 +217,7 @@ def race_peer(kind: str, data: Path, args: argparse.Namespace, prepared: Prepare
     prefix = "" if kind == "joey" else "model_step_"
     for step, minute in sorted(seen.items()):
         checkpoint = args.runs / f"{kind}-checkpoints" / f"{prefix}{step}{suffix}"
-        hyps = peer_translate(kind, out, checkpoint, data / "dev.en", 1, prepared)
+        hyps = peer_translate(kind, out, checkpoint, data / "curve.en", 1, prepared)
         (bleu,) = corpus_scores(hyps, valid_refs, ("bleu",))
         curve.append((minute, step, bleu.value))
         log.info("%s: step %d at %.1f min: validation BLEU %.2f", kind, step, minute, bleu.value)
@@ -251,11 +256,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "en-pt.yaml")
     ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget each")
-    ap.add_argument("--peer", action="append", choices=["joey", "onmt"],
-                    help="peers to race (default: both)")
+    ap.add_argument("--toolkits", default="nmt,onmt,joey",
+                    help="comma-separated, in the order they train (default: nmt,onmt,joey)")
     ap.add_argument("--points", type=int, default=10, help="peer checkpoints in the budget")
     ap.add_argument("--calibrate", type=float, default=45.0,
                     help="seconds of untimed peer training that measure its speed")
+    ap.add_argument("--peer-dev", type=int, default=100,
+                    help="validation sentences the peers decode during training (Joey NMT does)")
+    ap.add_argument("--test-sentences", type=int, default=0,
+                    help="the first N test pairs only (default: the whole test split)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="an override of nmt's config")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "race")
@@ -263,25 +272,35 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    peers = args.peer or ["onmt", "joey"]
+    toolkits = [t.strip() for t in args.toolkits.split(",") if t.strip()]
+    if not toolkits or set(toolkits) - set(NAMES):
+        ap.error(f"--toolkits: a comma-separated list of {', '.join(NAMES)}")
+    peers = [t for t in toolkits if t != "nmt"]
     missing = [k for k in peers if not (VENVS / k / "bin" / "python").exists()]
     if missing:
         sys.exit(f"race: no {', '.join(missing)} in {VENVS}: run {PEERS / 'setup-peers.sh'}")
     cfg = load_config(args.config, args.overrides)
     args.max_pieces = cfg.data.max_pieces
     prepared = prepare(cfg.data)
-    test = test_pairs(prepared, 10 ** 9, cfg.data.max_pieces)
+    test = test_pairs(prepared, args.test_sentences or 10 ** 9, cfg.data.max_pieces)
     n_valid = cfg.train.valid_max_sentences or 10 ** 9
     valid_refs = prepared.text("valid", "pt").read_text(encoding="utf-8").splitlines()[:n_valid]
     data = args.runs / "pieces"
     export_pieces(prepared, data, test)
-    for lang in ("en", "pt"):  # the peers validate on the sentences nmt validates on
-        dev = data / f"dev.{lang}"
-        dev.write_text("".join(dev.read_text(encoding="utf-8").splitlines(True)[:n_valid]),
-                       encoding="utf-8")
-    entries = [race_nmt(args, prepared, test)]
-    for kind in peers:
-        entries.append(race_peer(kind, data, args, prepared, valid_refs, test))
+    for lang in ("en", "pt"):  # checkpoints are scored on the sentences nmt validates on;
+        dev = data / f"dev.{lang}"  # the peers' own validations, which only pick their best
+        lines = dev.read_text(encoding="utf-8").splitlines(True)  # checkpoint, on fewer
+        (data / f"curve.{lang}").write_text("".join(lines[:n_valid]), encoding="utf-8")
+        dev.write_text("".join(lines[:args.peer_dev]), encoding="utf-8")
+    entries = []
+    for kind in toolkits:
+        try:
+            entries.append(race_nmt(args, prepared, test) if kind == "nmt" else
+                           race_peer(kind, data, args, prepared, valid_refs, test))
+        except (RuntimeError, subprocess.CalledProcessError) as err:  # the others still count
+            log.error("%s: %s", kind, err)
+    if not entries:
+        sys.exit("race: no toolkit finished")
     comparison = paired_bootstrap([e.hypotheses for e in entries], test[1], ("bleu", "chrf"))
     for e, (bleu, chrf) in zip(entries, comparison.systems):
         e.bleu, e.chrf = bleu.score, chrf.score
