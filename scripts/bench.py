@@ -250,19 +250,24 @@ def run_peer(kind: str, data: Path, out: Path, updates: int, prepared: Prepared,
         logs = "".join(p.read_text(errors="replace")[-800:] for p in sorted(out.glob("*.out")))
         raise RuntimeError(f"{kind} failed: {proc.stdout[-800:]}{proc.stderr[-800:]}{logs}")
     speed = (out / "speed.txt").read_text()
-    median = re.search(r"^tgt_tok_s: n=\d+ median=([\d.e+]+)", speed, re.M)
     hyps_pieces = (out / "test.hyp.pt").read_text(encoding="utf-8").splitlines()
     tok = prepared.tokenizer()
     hyps = [tok.tgt.decode_pieces(line.split()) for line in hyps_pieces]
     refs = test[1]
     seconds = translate_seconds(kind, out / "translate.out")
-    return {"kind": kind, "tgt_tokens_per_s": float(median.group(1)) if median else None,
+    return {"kind": kind, "tgt_tokens_per_s": median_tokens_per_s(speed),
             "translate_seconds": seconds,
             "beam5_sentences_per_s": len(refs) / seconds if seconds else None,
             "mean_output_pieces": sum(len(h.split()) + 1 for h in hyps_pieces)
             / max(1, len(hyps_pieces)),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score if len(hyps) == len(refs)
             else None, "wall_s": time.perf_counter() - start, "speed": speed.strip()}
+
+
+def median_tokens_per_s(speed: str) -> float | None:
+    """The median target tokens/s in the output of ../shared/bench/parse_speed.py."""
+    median = re.search(r"^tgt_tok_s: n=\d+ median=([\d.e+]+)", speed, re.M)
+    return float(median.group(1)) if median else None
 
 
 def translate_seconds(kind: str, path: Path) -> float | None:

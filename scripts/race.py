@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import PEERS, export_pieces, test_pairs
+from bench import PEERS, export_pieces, median_tokens_per_s, test_pairs
 
 from nmt.config import load_config
 from nmt.data.prepare import Prepared, prepare
@@ -140,7 +140,7 @@ def updates_per_minute(kind: str, data: Path, out: Path, args: argparse.Namespac
 
 
 def copy_checkpoints(kind: str, source: Path, into: Path, start: float, done: threading.Event,
-                     seen: dict[int, float]) -> None:
+                     seen: dict[int, tuple[float, Path]]) -> None:
     """Copies each new checkpoint of `source` once its size has settled, noting the minute
     it appeared at (the peers delete older ones)."""
     into.mkdir(parents=True, exist_ok=True)
@@ -156,7 +156,7 @@ def copy_checkpoints(kind: str, source: Path, into: Path, start: float, done: th
                 continue
             if size and sizes.get(path) == size:
                 shutil.copyfile(path, into / path.name)
-                seen[int(m.group(1))] = (time.perf_counter() - start) / 60
+                seen[int(m.group(1))] = ((time.perf_counter() - start) / 60, into / path.name)
             sizes[path] = size
         time.sleep(1.0)
 
@@ -213,21 +213,16 @@ def race_peer(kind: str, data: Path, args: argparse.Namespace, prepared: Prepare
     if not seen:
         raise RuntimeError(f"{kind} saved no checkpoint in {args.minutes:g} minutes")
     curve = []
-    suffix = ".ckpt" if kind == "joey" else ".pt"
-    prefix = "" if kind == "joey" else "model_step_"
-    for step, minute in sorted(seen.items()):
-        checkpoint = args.runs / f"{kind}-checkpoints" / f"{prefix}{step}{suffix}"
+    for step, (minute, checkpoint) in sorted(seen.items()):
         hyps = peer_translate(kind, out, checkpoint, data / "curve.en", 1, prepared)
         (bleu,) = corpus_scores(hyps, valid_refs, ("bleu",))
         curve.append((minute, step, bleu.value))
         log.info("%s: step %d at %.1f min: validation BLEU %.2f", kind, step, minute, bleu.value)
     best = max(curve, key=lambda point: point[2])
-    checkpoint = args.runs / f"{kind}-checkpoints" / f"{prefix}{best[1]}{suffix}"
-    hyps = peer_translate(kind, out, checkpoint, data / "test.en", 5, prepared)
+    hyps = peer_translate(kind, out, seen[best[1]][1], data / "test.en", 5, prepared)
     speed = subprocess.run([str(VENVS / kind / "bin" / "python"), str(PEERS / "parse_speed.py"),
                             kind, str(out / "train.out")], capture_output=True, text=True)
-    median = re.search(r"^tgt_tok_s: n=\d+ median=([\d.e+]+)", speed.stdout, re.M)
-    return Entry(kind, best[1], best[0], float(median.group(1)) if median else float("nan"),
+    return Entry(kind, best[1], best[0], median_tokens_per_s(speed.stdout) or float("nan"),
                  curve, hypotheses=hyps)
 
 

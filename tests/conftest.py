@@ -14,12 +14,14 @@ import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import settings
 
 from nmt import fast
 from nmt.config import AttentionConfig, Config, ModelConfig, load_config
+from nmt.data.prepare import Prepared, _file_digest
 from nmt.data.tokenizer import PAD
 from nmt.model.seq2seq import build_model
 
@@ -64,6 +66,17 @@ def tiny_train_command(tmp: Path, runs: Path, *extra: str) -> list[str]:
             "--set", "train.valid_max_sentences=4", "--set", "train.threads=1",
             "--set", f"data.dir={ROOT}", "--set", f"data.prepared_dir={tmp / 'prepared'}",
             *extra]
+
+
+def drop_prepared_field(prepared: Prepared, field: str) -> None:
+    """Rewrites the prepared train.npz without `field`, as an older nmt wrote it, with a
+    manifest that still vouches for it."""
+    train_npz = prepared.ids("train")
+    with np.load(train_npz) as z:
+        np.savez(train_npz, **{k: z[k] for k in z.files if k != field})
+    manifest = json.loads((prepared.path / "manifest.json").read_text())
+    manifest["files"]["train.npz"] = [train_npz.stat().st_size, _file_digest(train_npz)]
+    (prepared.path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def wait_for(path: Path, text: str, proc, timeout: float = 120) -> None:
