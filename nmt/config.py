@@ -99,6 +99,7 @@ class TrainConfig:
     decay_factor: float = 0.5  # plateau: lr multiplier when the metric stalls
     decay_patience: int = 2  # plateau: validations without improvement before decaying
     min_lr: float = 1.0e-5  # lower bound of the lr; linear/cosine reach it when the budget ends
+    decay_fraction: float = 1.0  # linear/cosine decay over this last part of the budget (0.2: 20%)
     max_steps: int = 0  # stop after this many updates (0: no limit)
     max_epochs: int = 0  # stop after this many epochs (0: no limit)
     max_minutes: float = 0.0  # stop after this much training time (0: no limit)
@@ -174,6 +175,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.decay_factor", lambda v: 0 < v < 1, "in (0, 1)"),
     ("train.decay_patience", lambda v: v >= 0, ">= 0"),
     ("train.min_lr", lambda v: v >= 0, ">= 0"),
+    ("train.decay_fraction", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("train.max_steps", lambda v: v >= 0, ">= 0"),
     ("train.max_epochs", lambda v: v >= 0, ">= 0"),
     ("train.max_minutes", lambda v: v >= 0, ">= 0"),

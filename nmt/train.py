@@ -50,7 +50,7 @@ def build_optimizer(t: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, fused=True)
     return optimizer, Schedule(t.schedule, t.lr, t.warmup_steps, t.decay_factor,
                                t.decay_patience, t.min_lr, max_steps=t.max_steps,
-                               max_seconds=60 * t.max_minutes)
+                               max_seconds=60 * t.max_minutes, decay_fraction=t.decay_fraction)
 
 
 LOCK = ".lock"  # in the run directory while a process trains it

@@ -54,6 +54,24 @@ def test_linear_and_cosine_meet_halfway():
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_a_decay_fraction_holds_the_rate_then_decays_over_the_last_part(kind, warmup):
+    s = budgeted(kind, warmup, steps=warmup + 100)
+    s.decay_fraction = 0.25  # 100 updates after the warm-up: 75 at BASE, 25 of decay
+    assert [s.lr_at(step) for step in range(warmup, warmup + 76)] == [BASE] * 76
+    decay = [s.lr_at(step) for step in range(warmup + 75, 131)]
+    assert all(a > b for a, b in zip(decay, decay[1:]) if a > FLOOR)
+    assert s.lr_at(warmup + 100) == FLOOR and decay[-1] == FLOOR
+    full = budgeted(kind, 0, steps=25)  # the same decay, shifted: the whole budget is its 25
+    assert [s.lr_at(warmup + 75 + k) for k in range(26)] == pytest.approx(
+        [full.lr_at(k) for k in range(26)])
+    seconds = budgeted(kind, seconds=100.0)
+    seconds.decay_fraction = 0.5
+    assert seconds.lr_at(1, 49.0) == BASE and seconds.lr_at(1, 75.0) < BASE
+    assert seconds.lr_at(1, 100.0) == FLOOR
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_time_budget_goes_from_base_to_min_lr_without_rising(kind):
     s = budgeted(kind, seconds=60.0)
     assert s.lr_at(1, 0.0) == BASE
@@ -197,6 +215,8 @@ def test_budgeted_schedules_need_a_budget(kind):
 def test_budgeted_schedule_problems_are_named():
     with pytest.raises(ConfigError, match="train.warmup_steps: 100 leaves no update"):
         from_dict({"train": {"schedule": "linear", "max_steps": 100, "warmup_steps": 100}})
+    with pytest.raises(ConfigError, match=r"train.decay_fraction: .* in \(0, 1\]"):
+        from_dict({"train": {"schedule": "linear", "max_steps": 100, "decay_fraction": 0}})
     with pytest.raises(ConfigError, match=r"train.min_lr: 0.1 is above train.lr \(0.001\)"):
         from_dict({"train": {"schedule": "cosine", "max_steps": 100, "min_lr": 0.1}})
 

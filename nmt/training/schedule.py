@@ -11,10 +11,13 @@ budget) plus a little plateau state.
 
 warmup(step) = min(1, step / warmup_steps) (1 without warm-up); lr never goes below min_lr.
 
-f in [0, 1] is how much of the training budget is spent since the warm-up ended: the budget is
-`max_steps` updates and/or `max_seconds` of training time, and where both are set, whichever
-fraction is further along. So `linear` and `cosine` start at base when the warm-up ends and reach
-min_lr exactly when the budget runs out.
+f in [0, 1] is how much of the decay is done: with d = decay_fraction, the decay takes the last
+d of the training budget spent after the warm-up (the rate stays at base before it, as in the
+warm-up-stable-decay or trapezoidal schedules of Zhai et al. 2022 and Hägele et al. 2024), so
+f = max(0, (spent - (1 - d)) / d), where `spent` is the budget's fraction used since the warm-up
+ended. The budget is `max_steps` updates and/or `max_seconds` of training time, and where both
+are set, whichever fraction is further along. So `linear` and `cosine` reach min_lr exactly when
+the budget runs out.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 
 BUDGETED = ("linear", "cosine")  # the schedules that read the training budget
-_FROM_CONFIG = ("max_steps", "max_seconds")  # a resumed run takes its budget from its config
+# a resumed run takes its budget (and the part of it that decays) from its config
+_FROM_CONFIG = ("max_steps", "max_seconds", "decay_fraction")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Schedule:
     max_steps: int = 0  # linear, cosine: the budget in updates (0: none)
     max_seconds: float = 0.0  # linear, cosine: the budget in training seconds (0: none)
     warm_seconds: float = 0.0  # training seconds when the warm-up ended (see `advance`)
+    decay_fraction: float = 1.0  # linear, cosine: the last part of the budget that decays
 
     def lr_at(self, step: int, seconds: float = 0.0) -> float:
         """The learning rate of update `step`, begun after `seconds` of training."""
@@ -50,7 +55,8 @@ class Schedule:
         elif self.kind == "plateau":
             lr *= self.factor ** self.decays
         elif self.kind in BUDGETED and step >= self.warmup_steps:
-            f = self.spent(step, seconds)
+            d = self.decay_fraction
+            f = max(0.0, (self.spent(step, seconds) - (1 - d)) / d)
             shape = 1 - f if self.kind == "linear" else (1 + math.cos(math.pi * f)) / 2
             lr = self.min_lr + (self.base_lr - self.min_lr) * shape
         return max(self.min_lr, lr)
