@@ -76,6 +76,12 @@ class Outcome:
     by_corpus: dict[str, float] = field(default_factory=dict)
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the repository where it lies in it (for the committed tables)."""
+    path = path.absolute()  # not resolve(): best.pt is a link, and its name is what counts
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def parse_variants(args: argparse.Namespace) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name in filter(None, args.levers.split(",")):
@@ -153,7 +159,7 @@ def assess(variants: dict[str, list[str]], args: argparse.Namespace) -> list[Out
                     (bleu,) = corpus_scores([r.outputs[k] for k in idx], [refs[k] for k in idx],
                                             ("bleu",))
                     slices[corpus_name] = round(bleu.value, 2)
-            outcomes.append(Outcome(label, sets, str(run / ckpt), updates, tok_s,
+            outcomes.append(Outcome(label, sets, str(shown(run / ckpt)), updates, tok_s,
                                     r.scores[0].value, r.scores[1].value, by_corpus=slices))
             outputs.append(r.outputs)
             log.info("%s: BLEU %.2f chrF %.2f %s", label, r.scores[0].value, r.scores[1].value,
@@ -178,7 +184,7 @@ def table(outcomes: list[Outcome], args: argparse.Namespace) -> str:
                  f"{o.chrf:.2f}", p, *(f"{o.by_corpus.get(c, 0):.2f}" for c in corpora)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"`{args.config}`, {args.minutes:g} minutes each, {args.jobs} at a time; "
+    lines.append(f"`{shown(args.config)}`, {args.minutes:g} minutes each, {args.jobs} at a time; "
                  f"{args.split} split, beam of the config; BLEU `{args.signature}`.")
     return "\n".join(lines) + "\n"
 
@@ -210,7 +216,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "levers.md").write_text(text, encoding="utf-8")
     (args.out / "levers.json").write_text(json.dumps(
-        {"config": str(args.config), "minutes": args.minutes, "jobs": args.jobs,
+        {"config": str(shown(args.config)), "minutes": args.minutes, "jobs": args.jobs,
          "split": args.split, "signature": args.signature,
          "outcomes": [asdict(o) for o in outcomes]}, indent=1) + "\n", encoding="utf-8")
     print(text, end="")
