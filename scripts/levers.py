@@ -3,7 +3,8 @@ side by side, and compared on one split by paired bootstrap.
 
     python scripts/levers.py --minutes 15                       # every lever, validation split
     python scripts/levers.py --levers baseline,cosine --minutes 60 --split test
-    python scripts/levers.py --variant old:train.schedule=plateau,train.lr=0.002 --levers base
+    python scripts/levers.py --levers "" --variant previous:train.schedule=plateau \
+        --variant default: --minutes 60 --split test      # two configs of your own
 
 Each variant is `--config` (default configs/en-pt.yaml) with a few `--set` overrides (LEVERS,
 or `--variant NAME:KEY=VALUE,...`). `--jobs` variants train at a time, each on cores / jobs
@@ -26,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,17 +49,12 @@ log = logging.getLogger("levers")
 # name -> overrides of the base config
 LEVERS: dict[str, list[str]] = {
     "baseline": [],
-    "cosine": ["train.schedule=cosine"],
-    "cosine-lr0.003": ["train.schedule=cosine", "train.lr=0.003"],
-    "lr0.003": ["train.lr=0.003"],
+    "plateau": ["train.schedule=plateau"],
+    "cosine": ["train.schedule=cosine", "train.decay_fraction=1.0"],
     "decay20": ["train.schedule=linear", "train.decay_fraction=0.2"],
+    "lr0.003": ["train.lr=0.003"],
     "decay20-lr0.003": ["train.schedule=linear", "train.decay_fraction=0.2", "train.lr=0.003"],
     "tied": ["model.emb_size=512", "model.tie_embeddings=true"],
-    "cosine-batch4000": ["train.schedule=cosine", "train.batch_tokens=4000", "train.lr=0.003"],
-    "cosine-dropout0.3": ["train.schedule=cosine", "model.dropout=0.3"],
-    "cosine-enc2": ["train.schedule=cosine", "model.enc_layers=2"],
-    "cosine-smoothing0.2": ["train.schedule=cosine", "train.label_smoothing=0.2"],
-    "cosine-tied": ["train.schedule=cosine", "model.emb_size=512", "model.tie_embeddings=true"],
 }
 
 
@@ -99,29 +95,27 @@ def parse_variants(args: argparse.Namespace) -> dict[str, list[str]]:
 def train_all(variants: dict[str, list[str]], args: argparse.Namespace) -> None:
     """Trains the variants `--jobs` at a time, each in its own process."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    queue = list(variants.items())
-    running: list[tuple[str, subprocess.Popen]] = []
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            name, sets = queue.pop(0)
-            cmd = [sys.executable, "-m", "nmt", "train", "--config", str(args.config),
-                   "--runs-dir", str(args.runs), "--overwrite", "--set", f"name={name}",
-                   "--set", f"train.max_minutes={args.minutes}",
-                   "--set", f"train.threads={threads}", "--set", "train.max_steps=0"]
-            for s in args.overrides + sets:
-                cmd += ["--set", s]
-            args.runs.mkdir(parents=True, exist_ok=True)
-            log.info("training %s: %s", name, " ".join(sets) or "(the config as it is)")
-            logf = (args.runs / f"{name}.log").open("w")
-            running.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
-        time.sleep(5)
-        for name, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((name, proc))
-                if proc.returncode:
-                    sys.exit(f"{name}: training failed (exit {proc.returncode}); "
-                             f"see {args.runs / (name + '.log')}")
-                log.info("%s: done", name)
+    args.runs.mkdir(parents=True, exist_ok=True)
+
+    def train_one(name: str, sets: list[str]) -> int:
+        cmd = [sys.executable, "-m", "nmt", "train", "--config", str(args.config),
+               "--runs-dir", str(args.runs), "--overwrite", "--set", f"name={name}",
+               "--set", f"train.max_minutes={args.minutes}",
+               "--set", f"train.threads={threads}", "--set", "train.max_steps=0"]
+        for s in args.overrides + sets:
+            cmd += ["--set", s]
+        log.info("training %s: %s", name, " ".join(sets) or "(the config as it is)")
+        with (args.runs / f"{name}.log").open("w") as logf:
+            code = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT).returncode
+        log.info("%s: done (exit %d)", name, code)
+        return code
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = dict(zip(variants, pool.map(train_one, variants, variants.values())))
+    failed = [f"{name} (exit {code}; see {args.runs / (name + '.log')})"
+              for name, code in codes.items() if code]
+    if failed:
+        sys.exit("training failed: " + ", ".join(failed))
 
 
 def split_corpora(config: Path, overrides: list[str], split: str
@@ -129,7 +123,7 @@ def split_corpora(config: Path, overrides: list[str], split: str
     """The split's sources, references, each pair's corpus index (-1: unknown) and the corpus
     names, from the base config's prepared data."""
     cfg = from_dict(apply_overrides(read_yaml(config), overrides))
-    prepared = prepare(cfg.data, progress=False)
+    prepared = prepare(cfg.data, progress=False, origins=True)
     sources, refs = prepared.lines(split, "en"), prepared.lines(split, "pt")
     corpus = [-1] * len(sources)
     ids = np.load(prepared.ids(split))
@@ -139,9 +133,11 @@ def split_corpora(config: Path, overrides: list[str], split: str
     return sources, refs, corpus, names
 
 
-def assess(variants: dict[str, list[str]], args: argparse.Namespace) -> list[Outcome]:
+def assess(variants: dict[str, list[str]], args: argparse.Namespace
+           ) -> tuple[list[Outcome], str]:
+    """Each variant's outcome, and the bootstrap's BLEU signature ("" for one system)."""
     sources, refs, corpus, names = split_corpora(args.config, args.overrides, args.split)
-    outcomes, outputs = [], []
+    outcomes, outputs, signature = [], [], ""
     for name, sets in variants.items():
         run = args.runs / name
         updates, tok_s = train_tokens_per_s(run)
@@ -168,11 +164,11 @@ def assess(variants: dict[str, list[str]], args: argparse.Namespace) -> list[Out
         comparison = paired_bootstrap(outputs, refs, ("bleu",))
         for o, (bleu,) in zip(outcomes, comparison.systems):
             o.ci, o.p_value = bleu.ci, bleu.p_value
-        args.signature = comparison.signatures["bleu"]
-    return outcomes
+        signature = comparison.signatures["bleu"]
+    return outcomes, signature
 
 
-def table(outcomes: list[Outcome], args: argparse.Namespace) -> str:
+def table(outcomes: list[Outcome], signature: str, args: argparse.Namespace) -> str:
     corpora = list(outcomes[0].by_corpus)
     head = ["variant", "overrides", "updates", "train tgt tok/s", f"{args.split} BLEU (95% CI)",
             "chrF", "p vs first", *corpora]
@@ -185,7 +181,7 @@ def table(outcomes: list[Outcome], args: argparse.Namespace) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"`{shown(args.config)}`, {args.minutes:g} minutes each, {args.jobs} at a time; "
-                 f"{args.split} split, beam of the config; BLEU `{args.signature}`.")
+                 f"{args.split} split, beam of the config; BLEU `{signature}`.")
     return "\n".join(lines) + "\n"
 
 
@@ -207,17 +203,16 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    args.signature = ""
     variants = parse_variants(args)
     if not args.reuse:
         train_all(variants, args)
-    outcomes = assess(variants, args)
-    text = table(outcomes, args)
+    outcomes, signature = assess(variants, args)
+    text = table(outcomes, signature, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "levers.md").write_text(text, encoding="utf-8")
     (args.out / "levers.json").write_text(json.dumps(
         {"config": str(shown(args.config)), "minutes": args.minutes, "jobs": args.jobs,
-         "split": args.split, "signature": args.signature,
+         "split": args.split, "signature": signature,
          "outcomes": [asdict(o) for o in outcomes]}, indent=1) + "\n", encoding="utf-8")
     print(text, end="")
 

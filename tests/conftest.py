@@ -68,14 +68,14 @@ def tiny_train_command(tmp: Path, runs: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def drop_prepared_field(prepared: Prepared, field: str) -> None:
-    """Rewrites the prepared train.npz without `field`, as an older nmt wrote it, with a
+def drop_prepared_field(prepared: Prepared, field: str, split: str = "train") -> None:
+    """Rewrites a prepared split's .npz without `field`, as an older nmt wrote it, with a
     manifest that still vouches for it."""
-    train_npz = prepared.ids("train")
-    with np.load(train_npz) as z:
-        np.savez(train_npz, **{k: z[k] for k in z.files if k != field})
+    npz = prepared.ids(split)
+    with np.load(npz) as z:
+        np.savez(npz, **{k: z[k] for k in z.files if k != field})
     manifest = json.loads((prepared.path / "manifest.json").read_text())
-    manifest["files"]["train.npz"] = [train_npz.stat().st_size, _file_digest(train_npz)]
+    manifest["files"][npz.name] = [npz.stat().st_size, _file_digest(npz)]
     (prepared.path / "manifest.json").write_text(json.dumps(manifest))
 
 

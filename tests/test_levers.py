@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 from sacrebleu.metrics import BLEU
 
-from conftest import ROOT, TINY_CORPUS
+from nmt.data.prepare import prepare
+
+from conftest import ROOT, TINY_CORPUS, drop_prepared_field, tiny_config
 
 
 def two_corpus_config(tmp: Path) -> Path:
@@ -63,3 +66,14 @@ def test_variants_are_compared_on_the_split_and_per_corpus(tmp_path):
             bleu = BLEU().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
             assert abs(o["by_corpus"][corpus] - bleu) < 0.01
     assert (out / "levers.md").read_text().count("\n| ") == 4
+
+
+def test_prepared_data_without_each_pairs_corpus_is_prepared_again_for_origins(tmp_path):
+    cfg = tiny_config(tmp_path)
+    prepared = prepare(cfg.data, progress=False)
+    drop_prepared_field(prepared, "corpus", "valid")  # as nmt wrote it before corpus weights
+    assert prepare(cfg.data, progress=False).summary.cached  # training does not need it
+    again = prepare(cfg.data, progress=False, origins=True)
+    assert not again.summary.cached
+    with np.load(again.ids("valid")) as z:
+        assert {"corpus", "line"} <= set(z.files)

@@ -155,19 +155,20 @@ def _load_manifest(path: Path, key: str) -> Summary | None:
         return None
 
 
-def prepare(cfg: DataConfig, progress: bool = True) -> Prepared:
+def prepare(cfg: DataConfig, progress: bool = True, origins: bool = False) -> Prepared:
     """Prepares (or reuses the cached) dataset for `cfg`. One process at a time works on a
-    cache entry; another waits for it, then finds the entry ready."""
+    cache entry; another waits for it, then finds the entry ready. `origins`: the caller reads
+    each pair's corpus and line in every split (a cache that lacks them is prepared again)."""
     key = cache_key(cfg)
     Path(cfg.prepared_dir).mkdir(parents=True, exist_ok=True)
     out = Path(cfg.prepared_dir) / key
     with lock.hold(Path(cfg.prepared_dir) / f".{key}.lock", f"prepared data {out}", wait=True):
-        return _prepare(cfg, key, out, progress)
+        return _prepare(cfg, key, out, progress, origins)
 
 
-def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
+def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool, origins: bool) -> Prepared:
     summary = _load_manifest(out, key) if out.exists() else None
-    missing = _missing_records(out, cfg) if summary is not None else None
+    missing = _missing_records(out, cfg, origins) if summary is not None else None
     if missing:
         log.info("prepared data in %s does not record each pair's %s; preparing it again",
                  out, missing)
@@ -189,21 +190,24 @@ def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool) -> Prepared:
     return Prepared(out, summary)
 
 
-def _missing_records(path: Path, cfg: DataConfig) -> str | None:
-    """What `cfg` needs to know of each training pair that prepared data written by an older
-    nmt does not record: its corpus (for corpus weights), its line (for subword sampling)."""
+def _missing_records(path: Path, cfg: DataConfig, origins: bool = False) -> str | None:
+    """What `cfg` (or a caller asking for `origins`) needs to know of each pair that prepared
+    data written by an older nmt does not record: its corpus (for corpus weights), its line
+    (for subword sampling); with `origins`, both, in every split."""
     needed = {"corpus": "corpus, which corpus weights need",
               "line": "line in the text, which subword sampling needs"}
-    if not weighted([c.weight for c in cfg.corpora]):
+    if not (origins or weighted([c.weight for c in cfg.corpora])):
         del needed["corpus"]
-    if not cfg.sampling_alpha:
+    if not (origins or cfg.sampling_alpha):
         del needed["line"]
-    try:
-        with np.load(path / "train.npz") as z:
-            missing = [why for name, why in needed.items() if name not in z.files]
-    except (OSError, ValueError):
-        missing = list(needed.values())
-    return " and ".join(missing) or None
+    missing: list[str] = []
+    for split in SPLITS if origins else ("train",):
+        try:
+            with np.load(path / f"{split}.npz") as z:
+                missing += [why for name, why in needed.items() if name not in z.files]
+        except (OSError, ValueError):
+            missing += list(needed.values())
+    return " and ".join(dict.fromkeys(missing)) or None
 
 
 def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
