@@ -80,6 +80,7 @@ class ModelConfig:
     bridge: Literal["projection", "zeros"] = "projection"  # decoder initial state
     input_feeding: bool = True  # feed h~_{t-1} to the next step (luong wiring; bahdanau feeds c_t)
     tie_embeddings: bool = False  # share target embeddings and output layer (needs E == H)
+    layer_norm: bool = False  # layer-normalised decoder LSTM cells (Ba et al. 2016)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 

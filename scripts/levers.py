@@ -49,12 +49,18 @@ log = logging.getLogger("levers")
 # name -> overrides of the base config
 LEVERS: dict[str, list[str]] = {
     "baseline": [],
-    "plateau": ["train.schedule=plateau"],
+    "plateau": ["train.schedule=plateau", "train.decay_fraction=1.0"],
     "cosine": ["train.schedule=cosine", "train.decay_fraction=1.0"],
-    "decay20": ["train.schedule=linear", "train.decay_fraction=0.2"],
     "lr0.003": ["train.lr=0.003"],
-    "decay20-lr0.003": ["train.schedule=linear", "train.decay_fraction=0.2", "train.lr=0.003"],
     "tied": ["model.emb_size=512", "model.tie_embeddings=true"],
+    "dropout0.1": ["model.dropout=0.1"],
+    "dropout0.3": ["model.dropout=0.3"],
+    "ls0.2": ["train.label_smoothing=0.2"],
+    "sampling": ["data.sampling_alpha=0.1", "data.sampling_nbest=64"],
+    "batch4000": ["train.batch_tokens=4000", "train.lr=0.003"],
+    "enc2": ["model.enc_layers=2"],
+    "hidden384": ["model.hidden_size=384", "model.decoder_size=768"],
+    "layernorm": ["model.layer_norm=true"],
 }
 
 
@@ -94,6 +100,8 @@ def parse_variants(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def train_all(variants: dict[str, list[str]], args: argparse.Namespace) -> None:
     """Trains the variants `--jobs` at a time, each in its own process."""
+    if not variants:
+        return
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     args.runs.mkdir(parents=True, exist_ok=True)
 
@@ -199,13 +207,14 @@ def main() -> None:
     ap.add_argument("--split", choices=("valid", "test"), default="valid")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs/levers")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/levers")
-    ap.add_argument("--reuse", action="store_true", help="assess existing runs, no training")
+    ap.add_argument("--reuse", action="store_true",
+                    help="assess the variants that have a run already instead of training them")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     variants = parse_variants(args)
-    if not args.reuse:
-        train_all(variants, args)
+    train_all({name: sets for name, sets in variants.items()
+               if not (args.reuse and (args.runs / name / "best.pt").exists())}, args)
     outcomes, signature = assess(variants, args)
     text = table(outcomes, signature, args)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -39,11 +39,13 @@ def loss_and_grads(model, batch, on: bool, monkeypatch) -> list[torch.Tensor]:
                               for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["layer-norm"])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_a_training_step_is_the_same_with_and_without_the_fast_layer(kind, layers, monkeypatch):
     torch.manual_seed(2)
-    model = variant_model(kind, enc_layers=layers, dec_layers=layers)
+    extra = {"layer_norm": True} if kind == "layer-norm" else {}
+    kind = "global" if kind == "layer-norm" else kind
+    model = variant_model(kind, enc_layers=layers, dec_layers=layers, **extra)
     # hard attention samples per step, from as many rows as the step runs: the two paths draw
     # different noise, so it is compared as at inference (argmax)
     model.train(kind != "hard")

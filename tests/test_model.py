@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.fast import products
 from nmt.fast.rows import Prefixes
 from nmt.model import decoder as decoder_module
 from nmt.model.seq2seq import build_model
@@ -205,3 +206,37 @@ def test_tied_embeddings_share_one_matrix():
     model = ModelConfig(emb_size=32, hidden_size=16, decoder_size=32, tie_embeddings=True)
     m = build_model(model, 30, 30)
     assert m.generator.weight is m.decoder.embed.weight
+
+
+@pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
+def test_layer_normalised_decoder_ignores_the_scale_of_its_products(wiring):
+    """Ba et al. (2016): each gate pre-activation is normalised, so scaling the decoder's input
+    and recurrent weights leaves every state unchanged (without layer norm it does not); the
+    search path (one step at a time, the gate table) still equals teacher forcing."""
+    src, lengths = padded_batch()
+    tgt_in = torch.randint(4, 30, (3, 6))
+
+    def states_before_and_after_scaling(layer_norm: bool):
+        torch.manual_seed(6)
+        model = small_model(wiring=wiring, dec_layers=2, layer_norm=layer_norm).eval()
+        with torch.no_grad():
+            for norm in getattr(model.decoder, "recurrent_norm", []):
+                norm.bias.uniform_(-0.5, 0.5)  # not the identity LN of a fresh model
+            before, weights = model(src, lengths, tgt_in)
+            memory, state = model.encode(src, lengths)
+            table = products.for_inference()  # the search path: the gate table
+            for t in range(6):
+                x = model.decoder.embed_inputs(tgt_in[:, t], table)
+                state, w = model.decoder.step(x, state, memory, t)
+                assert torch.allclose(state.feed, before[:, t], atol=1e-5)
+                assert torch.allclose(w, weights[:, t], atol=1e-5)
+            model.decoder.input_layer.weight.mul_(3)
+            for w in model.decoder.recurrent:
+                w.mul_(3)
+            after, _ = model(src, lengths, tgt_in)
+        return before, after
+
+    before, after = states_before_and_after_scaling(layer_norm=True)
+    assert (before - after).abs().max() < 2e-3  # (LN's epsilon is not scaled)
+    before, after = states_before_and_after_scaling(layer_norm=False)
+    assert (before - after).abs().max() > 2e-2

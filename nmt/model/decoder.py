@@ -15,6 +15,12 @@ LSTM, with the previous state, and feed the context into the step:
     h~_t = tanh(W_c [c_t'; h_t])                              (the readout, one tanh layer in
                                                                place of the paper's maxout)
 
+With `model.layer_norm` (Ba et al. 2016, Sec. 3.1, layer-normalised LSTM), each layer's gate
+pre-activations are normalised per part, and the cell before its output:
+    gates = LN(W_x y_{t-1}) + LN(W_h [feed; h_{t-1}]) + b
+    h_t = o * tanh(LN(c_t))
+(layer l > 0: LN(W_h [h^{l-1}_t; h^l_{t-1}]) + b), each LN with its own gain and bias.
+
 With `model.attention.coverage`, the state also carries the sum of the attention weights so far
 (Tu et al. 2016), which the attention reads and each step extends.
 
@@ -73,7 +79,7 @@ class DecoderState:
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, emb_size: int, hidden_size: int, layers: int,
                  dropout: float, input_feeding: bool, wiring: str,
-                 attention: Attention) -> None:
+                 attention: Attention, layer_norm: bool = False) -> None:
         super().__init__()
         if wiring not in ("luong", "bahdanau"):
             raise ValueError(f"unknown decoder wiring {wiring!r}")
@@ -97,6 +103,11 @@ class Decoder(nn.Module):
             [nn.Parameter(torch.zeros(h4)) for _ in range(layers - 1)])
         self.attention = attention
         self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
+        self.layer_norm = layer_norm
+        if layer_norm:  # LN of the input part, of each layer's recurrent part, of each cell
+            self.input_norm = nn.LayerNorm(h4)
+            self.recurrent_norm = nn.ModuleList([nn.LayerNorm(h4) for _ in range(layers)])
+            self.cell_norm = nn.ModuleList([nn.LayerNorm(hidden_size) for _ in range(layers)])
         bound = hidden_size ** -0.5
         for w in self.recurrent:
             nn.init.uniform_(w, -bound, bound)
@@ -111,23 +122,30 @@ class Decoder(nn.Module):
             if table is not None:
                 return table[y]
         emb = self.dropout(self.embed(y))  # (..., E)
-        return products.linear(emb, self.input_layer.weight) + self.input_layer.bias
+        return self._input_gates(products.linear(emb, self.input_layer.weight))
+
+    def _input_gates(self, wx: torch.Tensor) -> torch.Tensor:
+        """(..., 4H) W_x y -> W_x y + b, or LN(W_x y) + b."""
+        if self.layer_norm:
+            wx = self.input_norm(wx)
+        return wx + self.input_layer.bias
 
     def _gate_table(self) -> torch.Tensor | None:
         """(V, 4H) every token's contribution to the gates; None if larger than TABLE_LIMIT."""
         weight = self.embed.weight
         if weight.size(0) * self.input_layer.out_features > TABLE_LIMIT:
             return None
-        return torch.addmm(self.input_layer.bias, weight, self.input_layer.weight.t())
+        return self._input_gates(weight @ self.input_layer.weight.t())
 
-    @staticmethod
-    def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cell(self, gates: torch.Tensor, c: torch.Tensor, layer: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H)."""
-        if kernels.usable(gates, c):
+        if not self.layer_norm and kernels.usable(gates, c):
             return kernels.lstm_cell(gates, c)  # the same, fused
         i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        shown = self.cell_norm[layer](c) if self.layer_norm else c
+        return torch.sigmoid(o) * torch.tanh(shown), c
 
     def step(self, x: torch.Tensor, state: DecoderState, memory: Memory,
              t: int = 0) -> tuple[DecoderState, torch.Tensor]:
@@ -142,8 +160,10 @@ class Decoder(nn.Module):
             prev = state.h[layer]
             inp = prev if below is None else torch.cat([below, prev], dim=1)
             bias = x if layer == 0 else self.upper_bias[layer - 1]
-            gates = bias + memory.products.linear(inp, self.recurrent[layer])  # (B, 4H)
-            h, c = self._cell(gates, state.c[layer])
+            wh = memory.products.linear(inp, self.recurrent[layer])  # (B, 4H)
+            if self.layer_norm:
+                wh = self.recurrent_norm[layer](wh)
+            h, c = self._cell(bias + wh, state.c[layer], layer)
             hs.append(h)
             cs.append(c)
             below = self.dropout(h) if layer + 1 < self.layers else h

@@ -111,7 +111,7 @@ def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
                                 size=a.size, window=a.window, temperature=a.temperature,
                                 coverage=a.coverage)
     decoder = Decoder(tgt_vocab, cfg.emb_size, cfg.decoder_size, cfg.dec_layers, cfg.dropout,
-                      cfg.input_feeding, a.wiring, attention)
+                      cfg.input_feeding, a.wiring, attention, cfg.layer_norm)
     generator = nn.Linear(cfg.decoder_size, tgt_vocab, bias=False)
     if cfg.tie_embeddings:
         generator.weight = decoder.embed.weight
