@@ -67,6 +67,19 @@ def test_variants_are_compared_on_the_split_and_per_corpus(tmp_path):
             assert abs(o["by_corpus"][corpus] - bleu) < 0.01
     assert (out / "levers.md").read_text().count("\n| ") == 4
 
+    # --reuse assesses the variants trained already and trains only the new one
+    base = tmp_path / "runs" / "base" / "best.pt"
+    stamp = base.stat().st_mtime_ns
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "levers.py"), "--config", str(config),
+                    "--levers", "", "--variant", "base:", "--variant", "drop:model.dropout=0.3",
+                    "--minutes", "0.1", "--runs", str(tmp_path / "runs"), "--out", str(out),
+                    "--reuse"], check=True, cwd=tmp_path, capture_output=True)
+    assert base.stat().st_mtime_ns == stamp
+    result = json.loads((out / "levers.json").read_text())
+    assert [o["name"] for o in result["outcomes"]] == [
+        "base", "base (averaged)", "drop", "drop (averaged)"]
+    assert (tmp_path / "runs" / "drop" / "best.pt").exists()
+
 
 def test_prepared_data_without_each_pairs_corpus_is_prepared_again_for_origins(tmp_path):
     cfg = tiny_config(tmp_path)
