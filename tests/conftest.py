@@ -79,18 +79,19 @@ def drop_prepared_field(prepared: Prepared, field: str, split: str = "train") ->
     (prepared.path / "manifest.json").write_text(json.dumps(manifest))
 
 
-def wait_for(path: Path, text: str, proc, timeout: float = 120) -> None:
-    """Waits until `path` contains `text`; fails the test if `proc` ends first or the deadline
-    passes."""
+def wait_for(path: Path, text: str | None, proc, timeout: float = 120) -> None:
+    """Waits until `path` contains `text` (None: until it exists); fails the test if `proc`
+    ends first or the deadline passes."""
+    what = "existed" if text is None else f"said {text!r}"
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
+        if path.exists() and (text is None or text in path.read_text(errors="replace")):
             return
         if proc.poll() is not None:
-            pytest.fail(f"the process ended (exit {proc.returncode}) before {path.name} "
-                        f"said {text!r}")
-        time.sleep(0.05)
-    pytest.fail(f"{path.name} did not say {text!r} within {timeout:g} s")
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {path.name} {what}")
+        time.sleep(0.01 if text is None else 0.05)
+    pytest.fail(f"{path.name} {'did not exist' if text is None else f'did not say {text!r}'} "
+                f"within {timeout:g} s")
 
 
 @dataclass
