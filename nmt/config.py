@@ -67,6 +67,7 @@ class AttentionConfig:
     window: int = 5  # D: local attention looks at source positions [p_t - D, p_t + D]
     temperature: float = 1.0  # Gumbel-softmax temperature of hard attention in training
     coverage: bool = False  # add the attention history to the score (global + additive only)
+    heads: int = 1  # heads of multi-head additive attention (global + additive only)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.attention.size", lambda v: v >= 1, ">= 1"),
     ("model.attention.window", lambda v: v >= 1, ">= 1"),
     ("model.attention.temperature", lambda v: v > 0, "> 0"),
+    ("model.attention.heads", lambda v: 1 <= v <= 64, "in [1, 64]"),
     ("train.batch_tokens", lambda v: v >= 1, ">= 1"),
     ("train.lr", lambda v: v > 0, "> 0"),
     ("train.betas", lambda v: all(0 <= b < 1 for b in v), "both in [0, 1)"),
@@ -233,6 +235,22 @@ def _coverage_scorer(cfg: Config) -> Iterator[str]:
     if a.coverage and (a.type, a.score) != ("global", "additive"):
         yield (f"model.attention.coverage: needs type 'global' and score 'additive', got "
                f"{a.type!r} and {a.score!r}")
+
+
+@_reads("model.attention.heads", "model.attention.type", "model.attention.score",
+        "model.attention.coverage", "model.attention.size", "model.hidden_size")
+def _heads(cfg: Config) -> Iterator[str]:
+    m = cfg.model
+    a = m.attention
+    if a.heads == 1:
+        return
+    if (a.type, a.score, a.coverage) != ("global", "additive", False):
+        yield (f"model.attention.heads: {a.heads} heads need type 'global' and score 'additive' "
+               f"without coverage, got {a.type!r} and {a.score!r}"
+               + (" with coverage" if a.coverage else ""))
+    elif a.size % a.heads or (2 * m.hidden_size) % a.heads:
+        yield (f"model.attention.heads: {a.heads} must divide model.attention.size ({a.size}) "
+               f"and 2 x model.hidden_size ({2 * m.hidden_size})")
 
 
 @_reads("model.attention.type", "model.attention.score", "model.hidden_size",

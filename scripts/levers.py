@@ -61,6 +61,7 @@ LEVERS: dict[str, list[str]] = {
     "enc2": ["model.enc_layers=2"],
     "hidden384": ["model.hidden_size=384", "model.decoder_size=768"],
     "layernorm": ["model.layer_norm=true"],
+    "heads4": ["model.attention.heads=4"],
 }
 
 

@@ -144,19 +144,21 @@ def http_json(url: str, body: dict | None = None, timeout: float = 60) -> tuple[
 
 def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,
                 kind: str = "global", wiring: str = "luong", window: int = 5,
-                coverage: bool = False, **kw):
+                coverage: bool = False, heads: int = 1, **kw):
     """A tiny untrained model with the given attention settings."""
     attention = AttentionConfig(type=kind, score=score, wiring=wiring, size=16, window=window,
-                                coverage=coverage)
+                                coverage=coverage, heads=heads)
     cfg = ModelConfig(emb_size=16, hidden_size=16, decoder_size=32, dropout=dropout,
                       attention=attention, **kw)
     return build_model(cfg, vocab, vocab)
 
 
 def variant_model(kind: str, **kw):
-    """small_model of an attention type, or of "coverage" (global attention with coverage)."""
-    coverage = kind == "coverage"
-    return small_model(kind="global" if coverage else kind, coverage=coverage, window=2, **kw)
+    """small_model of an attention type, or of "coverage" (global attention with coverage) or
+    "multihead" (global additive attention with 4 heads)."""
+    coverage, heads = kind == "coverage", 4 if kind == "multihead" else 1
+    kind = "global" if kind in ("coverage", "multihead") else kind
+    return small_model(kind=kind, coverage=coverage, heads=heads, window=2, **kw)
 
 
 def padded_batch():

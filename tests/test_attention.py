@@ -23,13 +23,15 @@ def memory_batch(attention, lengths=(9, 5, 1), keys=6, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("wiring", WIRINGS)
-@pytest.mark.parametrize("kind,score,coverage", [
-    ("global", "additive", False), ("global", "dot", False), ("global", "general", False),
-    ("global", "additive", True), ("local-m", "additive", False), ("local-p", "general", False),
-    ("hard", "additive", False)])
-def test_weights_are_a_distribution_over_real_tokens(kind, score, coverage, wiring):
+@pytest.mark.parametrize("kind,score,coverage,heads", [
+    ("global", "additive", False, 1), ("global", "dot", False, 1),
+    ("global", "general", False, 1), ("global", "additive", True, 1),
+    ("local-m", "additive", False, 1), ("local-p", "general", False, 1),
+    ("hard", "additive", False, 1), ("global", "additive", False, 4)])
+def test_weights_are_a_distribution_over_real_tokens(kind, score, coverage, heads, wiring):
     torch.manual_seed(1)
-    model = small_model(score, kind=kind, wiring=wiring, window=2, coverage=coverage).eval()
+    model = small_model(score, kind=kind, wiring=wiring, window=2, coverage=coverage,
+                        heads=heads).eval()
     src, lengths = padded_batch()
     _, weights = model(src, lengths, torch.randint(4, 30, (3, 9)))  # (B, T, S)
     assert torch.allclose(weights.sum(-1), torch.ones(3, 9), atol=1e-6)
@@ -186,7 +188,9 @@ def learn_toy_task(task: str, steps: int = 400, **model) -> tuple[float, float]:
     ("reverse", dict(kind="hard", score="additive", wiring="luong", steps=700)),
     ("reverse", dict(kind="global", score="additive", wiring="bahdanau", coverage=True)),
     ("copy", dict(kind="local-m", score="additive", wiring="luong")),
-], ids=["global-luong", "global-bahdanau", "local-p", "hard", "coverage", "local-m-copy"])
+    ("reverse", dict(kind="global", score="additive", wiring="luong", heads=4)),
+], ids=["global-luong", "global-bahdanau", "local-p", "hard", "coverage", "local-m-copy",
+        "multihead"])
 def test_learns_toy_task_with_the_right_alignment(task, model):
     """Reversal gives anti-diagonal attention; local-m, which assumes monotonic alignment,
     learns copying with diagonal attention."""
@@ -215,8 +219,59 @@ def test_additive_score_gives_the_weights_of_its_tanh_formula():
     assert torch.allclose(weights, expected, atol=1e-6)
 
 
+def test_each_head_weighs_the_source_by_its_own_tanh_formula():
+    """Head h: softmax_s(v_h^T tanh(W_h q + U_h k_s)) over its slice of the scorer, 0 on
+    padding; the context is each head's weighted sum of its slice of W_V k; the weights
+    returned are the heads' mean."""
+    torch.manual_seed(6)
+    heads, size, key_size = 3, 12, 6
+    attention = build_attention("global", "additive", query_size=5, key_size=key_size,
+                                size=size, window=2, temperature=1.0, coverage=False,
+                                heads=heads)
+    keys, query = torch.randn(2, 4, key_size), torch.randn(2, 5)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    context, weights = attention(query, attention.prepare(keys, mask))
+    s, d = attention.score, size // heads
+    z = torch.tanh(s.query_layer(query).unsqueeze(1) + s.key_layer(keys))  # (B, S, A)
+    values = attention.value_layer(keys)  # (B, S, K)
+    per_head, contexts = [], []
+    for h in range(heads):
+        part = slice(h * d, (h + 1) * d)
+        scores = z[..., part] @ s.v.weight[0, part]  # (B, S)
+        a = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        per_head.append(a)
+        k = key_size // heads
+        contexts.append(torch.bmm(a.unsqueeze(1), values[..., h * k:(h + 1) * k]).squeeze(1))
+    assert torch.allclose(weights, torch.stack(per_head).mean(0), atol=1e-6)
+    assert torch.all(weights[1, 2:] == 0)
+    assert torch.allclose(context, torch.cat(contexts, dim=1), atol=1e-6)
+
+
+def test_identical_heads_reading_the_states_are_one_head():
+    """With every head given the same scorer and W_V = I, multi-head attention is single-head
+    attention with that scorer: the heads add nothing but their differences."""
+    torch.manual_seed(7)
+    heads, d, key_size = 4, 3, 8
+    one = build_attention("global", "additive", query_size=5, key_size=key_size, size=d,
+                          window=2, temperature=1.0, coverage=False)
+    many = build_attention("global", "additive", query_size=5, key_size=key_size,
+                           size=heads * d, window=2, temperature=1.0, coverage=False,
+                           heads=heads)
+    with torch.no_grad():
+        many.score.query_layer.weight.copy_(one.score.query_layer.weight.repeat(heads, 1))
+        many.score.key_layer.weight.copy_(one.score.key_layer.weight.repeat(heads, 1))
+        many.score.v.weight.copy_(one.score.v.weight.repeat(1, heads))
+        many.value_layer.weight.copy_(torch.eye(key_size))
+    keys, query = torch.randn(3, 6, key_size), torch.randn(3, 5)
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([[6], [3], [1]])
+    context, weights = many(query, many.prepare(keys, mask))
+    expected_context, expected_weights = one(query, one.prepare(keys, mask))
+    assert torch.allclose(weights, expected_weights, atol=1e-6)
+    assert torch.allclose(context, expected_context, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage",
-                                  "dot", "general"])
+                                  "dot", "general", "multihead"])
 def test_beam_search_of_a_batch_equals_one_sentence_at_a_time(kind):
     """Beam search shares one memory row among a sentence's hypotheses and drops finished
     sentences; neither may change any variant's results."""
@@ -224,8 +279,9 @@ def test_beam_search_of_a_batch_equals_one_sentence_at_a_time(kind):
 
     torch.manual_seed(9)
     score = kind if kind in ("dot", "general") else "additive"
-    variant = "global" if kind in ("coverage", "dot", "general") else kind
-    model = small_model(score=score, kind=variant, window=2, coverage=kind == "coverage").eval()
+    variant = "global" if kind in ("coverage", "dot", "general", "multihead") else kind
+    model = small_model(score=score, kind=variant, window=2, coverage=kind == "coverage",
+                        heads=4 if kind == "multihead" else 1).eval()
     src, lengths = padded_batch()
     max_len = lengths + 3
     together = beam_search(model, src, lengths, max_len, beam=3, n_best=2, keep_attention=True)

@@ -15,7 +15,7 @@ from nmt.inference.translator import Translator
 
 from conftest import variant_model
 
-KINDS = ["none", "global", "local-m", "local-p", "hard", "coverage"]
+KINDS = ["none", "global", "local-m", "local-p", "hard", "coverage", "multihead"]
 
 
 def toy_batch(pairs: int = 12, vocab: int = 30):

@@ -17,32 +17,40 @@ pytestmark = fast_only
 
 
 def _formula(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The additive score in float64: 2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a])."""
-    return 2 * (torch.sigmoid(proj.unsqueeze(1) + q.unsqueeze(2)) @ v)  # (N, G, S)
+    """The additive score in float64: 2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), (N, G, S);
+    with v (H, D), each head's sum over its D features, (N, G, S, H)."""
+    y = torch.sigmoid(proj.unsqueeze(1) + q.unsqueeze(2))  # (N, G, S, A)
+    if v.dim() == 1:
+        return 2 * (y @ v)
+    return 2 * (y.unflatten(3, tuple(v.shape)) * v).sum(4)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("n,g,s,a", [(3, 1, 5, 16), (2, 5, 7, 13), (1, 1, 1, 8), (4, 2, 3, 1)])
+@pytest.mark.parametrize("n,g,s,a,heads", [(3, 1, 5, 16, 0), (2, 5, 7, 13, 0), (1, 1, 1, 8, 0),
+                                           (4, 2, 3, 1, 0), (3, 2, 5, 16, 4), (2, 3, 4, 15, 3),
+                                           (2, 1, 3, 6, 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_additive_score_and_gradients_equal_the_formula(n, g, s, a, threads):
+def test_additive_score_and_gradients_equal_the_formula(n, g, s, a, heads, threads):
     """Forward and all three gradients, for groups of queries, feature counts that are not a
-    multiple of the vector width, and z from -60 to 60, where sigmoid saturates."""
+    multiple of the vector width, z from -60 to 60, where sigmoid saturates, and v as one
+    vector (heads 0) or as one per head, (H, A / H)."""
     assert kernels.load(), "the C++ compiler could not build nmt/fast/kernels.cpp"
     torch.set_num_threads(threads)
     torch.manual_seed(n * 100 + g * 10 + a)
     proj, q = torch.randn(n, s, a) * 20, torch.randn(n, g, a) * 20
-    v = torch.randn(a)
+    v = torch.randn(a) if heads == 0 else torch.randn(heads, a // heads)
     leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
     exact = [t.double().requires_grad_() for t in (proj, q, v)]
-    dscore = torch.randn(n, g, s)
+    shape = (n, g, s) if heads == 0 else (n, g, s, heads)
+    dscore = torch.randn(shape)
     fused = kernels.additive_score(*leaves)
     fused.backward(dscore)
     reference = _formula(*exact)
     reference.backward(dscore.double())
-    assert fused.shape == (n, g, s)
+    assert fused.shape == shape
     assert _rel(fused.detach(), reference.detach()) < 1e-6
     for leaf, ref in zip(leaves, exact):
         assert _rel(leaf.grad, ref.grad) < 1e-5
@@ -85,18 +93,19 @@ def test_additive_score_gradients_are_the_same_on_any_thread_count():
     assert all(torch.equal(x, y) for later in grads[1:] for x, y in zip(grads[0], later))
 
 
-@pytest.mark.parametrize("n,g,s,a", [(3, 1, 5, 16), (2, 5, 7, 13)])
-def test_the_operators_pass_torch_library_opcheck(n, g, s, a):
+@pytest.mark.parametrize("n,g,s,a,heads", [(3, 1, 5, 16, 1), (2, 5, 7, 13, 1), (2, 3, 4, 12, 4)])
+def test_the_operators_pass_torch_library_opcheck(n, g, s, a, heads):
     """Schema, fake (meta) implementation, autograd registration and dispatch, as torch.library
     checks them: for the score and for its backward operator."""
     assert kernels.load(), "the C++ compiler could not build nmt/fast/kernels.cpp"
     torch.manual_seed(n + g + s + a)
-    proj, q, v = torch.randn(n, s, a), torch.randn(n, g, a), torch.randn(a)
+    proj, q = torch.randn(n, s, a), torch.randn(n, g, a)
+    v = torch.randn(heads, a // heads)
     leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
     torch.library.opcheck(torch.ops.nmt.additive_score.default, tuple(leaves))
     torch.library.opcheck(torch.ops.nmt.additive_score.default, (proj, q, v))
     torch.library.opcheck(torch.ops.nmt.additive_score_backward.default,
-                          (proj, q, v, torch.randn(n, g, s)))
+                          (proj, q, v, torch.randn(n, g, s, heads)))
 
 
 def test_the_operator_refuses_what_it_cannot_compute():

@@ -55,7 +55,7 @@ def test_padding_does_not_change_states_or_loss(layers):
     assert torch.allclose(total, sum(batch_loss), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["global", "local-m", "local-p", "coverage"])
+@pytest.mark.parametrize("kind", ["global", "local-m", "local-p", "coverage", "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
 @pytest.mark.parametrize("skip", [True, False])
 def test_loss_skips_ended_rows_without_changing_results(monkeypatch, kind, wiring, skip):
@@ -100,7 +100,7 @@ def test_prefix_gradients_add_up_as_slices_do():
     assert torch.allclose(grad(Prefixes), grad(lambda y: lambda n: y[:n]))
 
 
-@pytest.mark.parametrize("kind", ["global", "local-p", "hard", "coverage"])
+@pytest.mark.parametrize("kind", ["global", "local-p", "hard", "coverage", "multihead"])
 def test_an_update_leaves_no_reference_cycles(kind):
     """Everything an update builds is freed when its last reference goes, without the garbage
     collector: a cycle through the graph would keep packed weights and activations alive
@@ -127,7 +127,8 @@ def test_decoding_real_tokens_needs_rows_longest_first():
         model.decoder.real_tokens(torch.full((3, 4), BOS), torch.tensor([2, 4, 3]), state, memory)
 
 
-@pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage"])
+@pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage",
+                                  "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
 def test_step_loop_matches_teacher_forcing(kind, wiring):
     """Search's path (embed one token, step) gives the same states as training's forward."""
@@ -143,7 +144,7 @@ def test_step_loop_matches_teacher_forcing(kind, wiring):
         assert torch.allclose(w, weights[:, t], atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage"])
+@pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage", "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
 def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
     """Training's forward computes weight gradients once over all steps; they equal the
@@ -174,7 +175,7 @@ def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
         assert torch.allclose(deferred[name], grad, rtol=1e-4, atol=1e-5), name
 
 
-@pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage"])
+@pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage", "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
 def test_mixed_precision_gradients_are_close_to_fp32_ones(kind, wiring):
     """Under autocast, as training on a GPU runs, the loss trains: every weight gets an fp32

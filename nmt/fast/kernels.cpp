@@ -83,19 +83,22 @@ void check(const at::Tensor& proj, const at::Tensor& q, const at::Tensor& v) {
   TORCH_CHECK(proj.scalar_type() == at::kFloat && q.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat,
               "additive_score: float32 tensors only");
-  TORCH_CHECK(proj.dim() == 3 && q.dim() == 3 && v.dim() == 1,
-              "additive_score: expected proj (N, S, A), q (N, G, A), v (A,)");
-  TORCH_CHECK(q.size(0) == proj.size(0) && q.size(2) == proj.size(2) && v.size(0) == proj.size(2),
-              "additive_score: proj (N, S, A), q (N, G, A) and v (A,) disagree in N or A");
+  TORCH_CHECK(proj.dim() == 3 && q.dim() == 3 && v.dim() == 2,
+              "additive_score: expected proj (N, S, A), q (N, G, A), v (H, A / H)");
+  TORCH_CHECK(q.size(0) == proj.size(0) && q.size(2) == proj.size(2) &&
+                  v.size(0) * v.size(1) == proj.size(2),
+              "additive_score: proj (N, S, A), q (N, G, A) and v (H, A / H) disagree in N or A");
 }
 
-// proj (N, S, A), q (N, G, A), v (A,) -> score (N, G, S)
+// proj (N, S, A), q (N, G, A), v (H, D) with A = H D -> score (N, G, S, H): head h sums
+// the features [h D, (h + 1) D).
 at::Tensor additive_score(const at::Tensor& proj_in, const at::Tensor& q_in,
                           const at::Tensor& v_in) {
   check(proj_in, q_in, v_in);
   const at::Tensor proj = proj_in.contiguous(), q = q_in.contiguous(), v = v_in.contiguous();
   const int64_t N = proj.size(0), S = proj.size(1), A = proj.size(2), G = q.size(1);
-  at::Tensor score = at::empty({N, G, S}, proj.options());
+  const int64_t H = v.size(0), D = v.size(1);
+  at::Tensor score = at::empty({N, G, S, H}, proj.options());
   const float* P = proj.data_ptr<float>();
   const float* Q = q.data_ptr<float>();
   const float* V = v.data_ptr<float>();
@@ -103,15 +106,18 @@ at::Tensor additive_score(const at::Tensor& proj_in, const at::Tensor& q_in,
   at::parallel_for(0, N * G * S, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {  // i = (n, g, s)
       const int64_t s = i % S, ng = i / S, n = ng / G;
-      out[i] = score_one(P + (n * S + s) * A, Q + ng * A, V, A);
+      const float* p = P + (n * S + s) * A;
+      const float* qr = Q + ng * A;
+      for (int64_t h = 0; h < H; h++)
+        out[i * H + h] = score_one(p + h * D, qr + h * D, V + h * D, D);
     }
   });
   return score;
 }
 
-// The gradients for dscore (N, G, S): dproj (N, S, A), dq (N, G, A) and dv_rows (N, A), the
-// share of dv of each key row n, which the caller sums.
-//   d = 2 dscore[n, g, s], y = sigmoid(z), z = proj + q:
+// The gradients for dscore (N, G, S, H): dproj (N, S, A), dq (N, G, A) and dv_rows (N, A),
+// the share of dv of each key row n, which the caller sums.
+//   d = 2 dscore[n, g, s, h] for the features a of head h, y = sigmoid(z), z = proj + q:
 //   dz = d v y (1 - y), added to dproj[n, s] and dq[n, g]; d y added to dv.
 // With e = exp(-z), y = 1 / (1 + e) and 1 - y = e y, without cancellation near y = 1.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_score_backward(
@@ -121,14 +127,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_score_backward(
   const at::Tensor proj = proj_in.contiguous(), q = q_in.contiguous(), v = v_in.contiguous();
   const at::Tensor dscore = dscore_in.contiguous();
   const int64_t N = proj.size(0), S = proj.size(1), A = proj.size(2), G = q.size(1);
-  TORCH_CHECK(dscore.sizes() == at::IntArrayRef({N, G, S}),
-              "additive_score_backward: dscore must be (N, G, S)");
+  const int64_t H = v.size(0), D = v.size(1);
+  TORCH_CHECK(dscore.sizes() == at::IntArrayRef({N, G, S, H}),
+              "additive_score_backward: dscore must be (N, G, S, H)");
   at::Tensor dproj = at::zeros_like(proj), dq = at::zeros_like(q);
   at::Tensor dv_rows = at::zeros({N, A}, proj.options());
   const float* P = proj.data_ptr<float>();
   const float* Q = q.data_ptr<float>();
   const float* V = v.data_ptr<float>();
-  const float* D = dscore.data_ptr<float>();
+  const float* DS = dscore.data_ptr<float>();
   float* DP = dproj.data_ptr<float>();
   float* DQ = dq.data_ptr<float>();
   float* DV = dv_rows.data_ptr<float>();
@@ -141,15 +148,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_score_backward(
         for (int64_t g = 0; g < G; g++) {
           const float* __restrict__ qr = Q + (n * G + g) * A;
           float* __restrict__ dqr = DQ + (n * G + g) * A;
-          const float d = 2.0f * D[(n * G + g) * S + s];
+          for (int64_t h = 0; h < H; h++) {
+            const float d = 2.0f * DS[((n * G + g) * S + s) * H + h];
 #pragma omp simd
-          for (int64_t a = 0; a < A; a++) {
-            const float e = exp_approx(-(p[a] + qr[a]));
-            const float y = 1.0f / (1.0f + e);
-            const float dz = d * V[a] * (e * y) * y;
-            dp[a] += dz;
-            dqr[a] += dz;
-            dv[a] += d * y;
+            for (int64_t a = h * D; a < (h + 1) * D; a++) {
+              const float e = exp_approx(-(p[a] + qr[a]));
+              const float y = 1.0f / (1.0f + e);
+              const float dz = d * V[a] * (e * y) * y;
+              dp[a] += dz;
+              dqr[a] += dz;
+              dv[a] += d * y;
+            }
           }
         }
       }

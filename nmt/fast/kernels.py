@@ -198,7 +198,11 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """proj (N, S, A), q (N, G, A), v (A,) -> (N, G, S) scores
-    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three."""
+    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three.
+    With v (H, D), A = H x D: (N, G, S, H), the score of each head h over its features
+    [h D, (h + 1) D)."""
+    if v.dim() == 1:
+        return torch.ops.nmt.additive_score(proj, q, v.view(1, -1)).squeeze(3)
     return torch.ops.nmt.additive_score(proj, q, v)
 
 
@@ -225,7 +229,7 @@ def _register() -> None:
 
     @torch.library.register_fake("nmt::additive_score")
     def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return proj.new_empty(proj.size(0), q.size(1), proj.size(1))
+        return proj.new_empty(proj.size(0), q.size(1), proj.size(1), v.size(0))
 
     @torch.library.register_fake("nmt::additive_score_backward")
     def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor, dscore: torch.Tensor
@@ -239,7 +243,8 @@ def _register() -> None:
     def backward(ctx, dscore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         proj, q, v = ctx.saved_tensors
         dproj, dq, dv_rows = torch.ops.nmt.additive_score_backward(proj, q, v, dscore)
-        return dproj, dq, dv_rows.sum(0)  # (A,): the rows' shares, summed in a fixed order
+        dv = dv_rows.sum(0).view_as(v)  # (H, D): the rows' shares, summed in a fixed order
+        return dproj, dq, dv
 
     torch.library.register_autograd("nmt::additive_score", backward,
                                     setup_context=setup_context)

@@ -16,7 +16,9 @@ A variant decides *which* source states are attended and how the scores of a sco
     hard      exactly one source state (Xu et al. 2015, Sec. 4.1), straight-through trained
 
 and `coverage` adds the attention history to the additive score of global attention (Tu et al.
-2016), so that the model can learn not to attend again to words it has already translated.
+2016), so that the model can learn not to attend again to words it has already translated;
+`heads` > 1 splits global additive attention into heads that each weigh the source on their own
+(Chen et al. 2018).
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size).
 Queries come in groups of `memory.group` rows that share one memory row (beam search: the K
@@ -44,7 +46,8 @@ TYPES = ("none", "global", "local-m", "local-p", "hard")
 class Memory:
     """Encoder annotations as seen by attention, prepared once per batch."""
 
-    keys: torch.Tensor  # (N, S, K) encoder annotations, also the values
+    keys: torch.Tensor  # (N, S, K) encoder annotations, also the values (MultiHeadAttention:
+    #                     its values, (N, H, S, K / H))
     proj: torch.Tensor | None  # (N, S, ...) keys projected once per batch (None if unused)
     mask: torch.Tensor  # (N, S) True on real source tokens
     group: int = 1  # query rows per memory row: B = N x group
@@ -129,6 +132,48 @@ class CoverageAttention(GlobalAttention):
         # (N, group, S, A); doubled, as AdditiveScore.project doubles U h_j
         proj = memory.proj.unsqueeze(1) + 2 * cover.view(n, -1, s, a)
         return masked_softmax(self.score(query, memory.keys, proj, memory.products), mask)
+
+
+class MultiHeadAttention(GlobalAttention):
+    """Multi-head additive attention (Chen et al. 2018, "The Best of Both Worlds", Sec. 3.1,
+    RNMT+; the heads of Vaswani et al. 2017, Sec. 3.2.2, with the additive score): H heads,
+    each with its own additive score over its slice of the scorer's A features
+    (`AdditiveScore.per_head`), its own weights and its own slice of the projected states:
+
+        a_t^h = softmax_s(v_h^T tanh(W_h h_t + U_h h_s))    (B, S) for each head h
+        c_t^h = sum_s a_t^h(s) (W_V h_s)^h                  (B, K / H)
+        c_t   = [c_t^1; ...; c_t^H]                          (B, K)
+
+    W_V h_s is computed once per batch and stands in `memory.keys`, head by head,
+    (N, H, S, K / H): the additive score reads only `memory.proj`. The weights returned, for
+    plots and the server, are the heads' mean, a distribution that is 0 on padding like every
+    head's."""
+
+    def __init__(self, score: AdditiveScore, key_size: int) -> None:
+        super().__init__(score, key_size)
+        if key_size % score.heads:
+            raise ValueError(f"the key size {key_size} is not a multiple of the "
+                             f"{score.heads} attention heads")
+        self.value_layer = nn.Linear(key_size, key_size, bias=False)  # W_V
+
+    def prepare(self, keys: torch.Tensor, mask: torch.Tensor) -> Memory:
+        n, s, k = keys.shape
+        h = self.score.heads
+        values = self.value_layer(keys).view(n, s, h, k // h).transpose(1, 2)  # (N, H, S, K/H)
+        return Memory(values.contiguous(), self.score.project(keys), mask)
+
+    def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
+                coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.score.per_head(query, memory.keys, memory.proj, memory.products)
+        mask = memory.row_mask().unsqueeze(2)  # (B, S, 1)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)  # (B, S, H)
+        n, h, s, d = memory.keys.shape
+        per_head = weights.view(n, -1, s, h).permute(0, 3, 1, 2)  # (N, H, g, S)
+        # sum_s a^h(s) v^h_s: as a product and a sum, which runs faster than bmm's many small
+        # products for training's g = 1
+        context = (per_head.unsqueeze(4) * memory.keys.unsqueeze(2)).sum(3)  # (N, H, g, K / H)
+        context = context.transpose(1, 2).reshape(-1, h * d)  # (B, K)
+        return context, weights.mean(2)  # (B, K), (B, S)
 
 
 class LocalAttention(GlobalAttention):
@@ -221,16 +266,22 @@ Attention = GlobalAttention | NoAttention
 
 
 def build_attention(kind: str, score: str, query_size: int, key_size: int, size: int,
-                    window: int, temperature: float, coverage: bool) -> Attention:
+                    window: int, temperature: float, coverage: bool, heads: int = 1
+                    ) -> Attention:
     """The attention module for `model.attention` settings."""
     if coverage and (kind != "global" or score != "additive"):
         raise ValueError("coverage needs global attention with the additive score")
+    if heads > 1 and (kind != "global" or score != "additive" or coverage):
+        raise ValueError("attention heads need global attention with the additive score, "
+                         "without coverage")
     if kind == "none":
         return NoAttention()
-    scorer = build_score(score, query_size, key_size, size)
+    scorer = build_score(score, query_size, key_size, size, heads)
     if kind == "global":
         if coverage:
             return CoverageAttention(scorer, key_size)
+        if heads > 1:
+            return MultiHeadAttention(scorer, key_size)
         return GlobalAttention(scorer, key_size)
     if kind in ("local-m", "local-p"):
         return LocalAttention(scorer, key_size, window, kind == "local-p", query_size, size)

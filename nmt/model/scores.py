@@ -6,8 +6,8 @@
 `products.linear(x, W)` is x W^T, run as the caller chose (`nmt.fast.products`).
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
-A size of the additive scorer. Keys have N = B / g rows, each shared by g consecutive queries
-(`Memory.group`; g = 1 in training).
+A size of the additive scorer, H its heads. Keys have N = B / g rows, each shared by g
+consecutive queries (`Memory.group`; g = 1 in training).
 """
 
 from __future__ import annotations
@@ -47,10 +47,18 @@ class AdditiveScore(Score):
     weights unchanged (softmax, argmax and the window of local attention ignore it). On a CPU,
     sigmoid is cheaper than tanh, and this is the largest element-wise operation of a
     decoder step, (B, S, A): on float32 CPU tensors it runs as one fused kernel
-    (`nmt.fast.kernels.additive_score`). `project` returns 2 U k_j."""
+    (`nmt.fast.kernels.additive_score`). `project` returns 2 U k_j.
 
-    def __init__(self, query_size: int, key_size: int, size: int) -> None:
+    With `heads` H, the A features form H slices of A / H, and `per_head` gives each head h
+    its own score v_h^T tanh(W_h q + U_h k_j) over its slice (multi-head additive attention,
+    Chen et al. 2018); the single score is their sum."""
+
+    def __init__(self, query_size: int, key_size: int, size: int, heads: int = 1) -> None:
         super().__init__()
+        if size % heads:
+            raise ValueError(f"the additive scorer's size {size} is not a multiple of its "
+                             f"{heads} heads")
+        self.heads = heads
         self.key_layer = nn.Linear(key_size, size, bias=False)
         self.query_layer = nn.Linear(query_size, size, bias=False)
         self.v = nn.Linear(size, 1, bias=False)
@@ -60,14 +68,24 @@ class AdditiveScore(Score):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
                 products: Products = PLAIN) -> torch.Tensor:
-        n, s, a = keys.size(0), keys.size(1), self.v.in_features
+        scores = self.per_head(query, keys, proj, products)  # (B, S, H)
+        return scores.squeeze(2) if self.heads == 1 else scores.sum(2)  # (B, S)
+
+    def per_head(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
+                 products: Products = PLAIN) -> torch.Tensor:
+        """(B, Q) query, (N, S, A) or (N, g, S, A) proj -> (B, S, H) unnormalised scores of
+        each head (the keys themselves are not read)."""
+        n, s, a, h = proj.size(0), proj.size(-2), self.v.in_features, self.heads
         q = 2 * products.linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
+        v = self.v.weight.view(h, a // h)  # (H, A / H): v_h
         if proj.dim() == 3 and kernels.usable(proj, q):  # fused: one pass, no (N, g, S, A)
-            return kernels.additive_score(proj, q, self.v.weight.view(-1)).view(-1, s)
+            return kernels.additive_score(proj, q, v).view(-1, s, h)
         if proj.dim() == 3:
             proj = proj.unsqueeze(1)  # (N, 1, S, A), or (N, g, S, A) as given
-        z = proj + q.unsqueeze(2)  # (N, g, S, A)
-        return 2 * products.linear(torch.sigmoid(z), self.v.weight).view(-1, s)  # (B, S)
+        y = torch.sigmoid(proj + q.unsqueeze(2))  # (N, g, S, A)
+        if h == 1:
+            return 2 * products.linear(y, self.v.weight).view(-1, s, 1)  # (B, S, 1)
+        return 2 * (y.unflatten(3, (h, a // h)) * v).sum(4).view(-1, s, h)  # (B, S, H)
 
 
 class DotScore(Score):
@@ -97,9 +115,9 @@ class GeneralScore(Score):
 SCORES = ("additive", "dot", "general")
 
 
-def build_score(kind: str, query_size: int, key_size: int, size: int) -> Score:
+def build_score(kind: str, query_size: int, key_size: int, size: int, heads: int = 1) -> Score:
     if kind == "additive":
-        return AdditiveScore(query_size, key_size, size)
+        return AdditiveScore(query_size, key_size, size, heads)
     if kind == "dot":
         return DotScore()
     if kind == "general":
