@@ -9,7 +9,7 @@ from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.model.attention import HardAttention, LocalAttention, build_attention
 from nmt.model.scores import AdditiveScore, GeneralScore
 
-from conftest import padded_batch, small_model
+from conftest import padded_batch, small_model, variant_model
 
 WIRINGS = ["luong", "bahdanau"]
 
@@ -278,10 +278,10 @@ def test_beam_search_of_a_batch_equals_one_sentence_at_a_time(kind):
     from nmt.inference.search import beam_search
 
     torch.manual_seed(9)
-    score = kind if kind in ("dot", "general") else "additive"
-    variant = "global" if kind in ("coverage", "dot", "general", "multihead") else kind
-    model = small_model(score=score, kind=variant, window=2, coverage=kind == "coverage",
-                        heads=4 if kind == "multihead" else 1).eval()
+    if kind in ("dot", "general"):
+        model = small_model(score=kind, window=2).eval()
+    else:
+        model = variant_model(kind).eval()
     src, lengths = padded_batch()
     max_len = lengths + 3
     together = beam_search(model, src, lengths, max_len, beam=3, n_best=2, keep_attention=True)
