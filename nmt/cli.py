@@ -174,6 +174,9 @@ def train_cmd(
         "--device", help="cpu, cuda or auto (default: train.device).")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", help="CPU threads per process (default: train.threads).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="auto, fp32, bf16 or fp16 (CUDA) (default: train.precision; auto: "
+                            "bf16 where the CPU or GPU computes it natively).")] = None,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Processes on this machine (DDP via torchrun): one per GPU, "
                                "or CPU processes.")] = 1,
@@ -188,6 +191,8 @@ def train_cmd(
         overrides.append(f"train.device={device}")
     if threads is not None:
         overrides.append(f"train.threads={threads}")
+    if precision is not None:
+        overrides.append(f"train.precision={precision}")
     if resume is not None:
         if config is not None or overwrite:
             raise UsageError("--resume takes the run's own config: drop --config/--overwrite")
@@ -227,8 +232,18 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 BeamOpt = Annotated[Optional[int], typer.Option(
     "--beam", "-b", min=1, help="Beam size; 1 is greedy (default: decode.beam).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
-Int8Opt = Annotated[Optional[bool], typer.Option(
-    "--int8/--no-int8", help="CPU: 8-bit weights in the decoder (faster; default: decode.int8).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="What the search computes in: auto, fp32, bf16 or int8 (CPU: 8-bit "
+    "weights in the decoder) (default: decode.precision, auto: the fastest here).")]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="Same as --precision int8.")]
+
+
+def _search_precision(precision: Optional[str], int8: bool) -> Optional[str]:
+    """--precision, with --int8 as its alias."""
+    if int8 and precision not in (None, "int8"):
+        raise UsageError(f"--int8 is --precision int8: drop one of --int8, --precision "
+                         f"{precision}")
+    return "int8" if int8 else precision
 EnsembleOpt = Annotated[Optional[list[str]], typer.Option(
     "--ensemble", help="Comma-separated checkpoints or run directories with one tokenizer, "
     "searched as one model (the mean of their log-probabilities at each step).")]
@@ -281,7 +296,8 @@ def translate_cmd(
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show each greedy step: token, alternatives, attended words.")] = False,
     ensemble: EnsembleOpt = None,
-    int8: Int8Opt = None,
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate English sentences into Portuguese."""
@@ -296,7 +312,8 @@ def translate_cmd(
     first, *others = _ensemble(ensemble[0]) if ensemble else (checkpoint,)
     translator = load_translator(first, device, ensemble=tuple(others),
                                  length_penalty=length_penalty, max_len_ratio=max_len_ratio,
-                                 batch_size=batch_size, int8=int8)
+                                 batch_size=batch_size,
+                                 precision=_search_precision(precision, int8))
     if n_best > 1 and (beam or translator.decode.beam) < n_best:
         raise UsageError(f"--n-best {n_best} needs --beam of at least {n_best}")
     run_translate(translator, lines, output, beam, n_best, attention, explain)
@@ -331,7 +348,8 @@ def eval_cmd(
     ensemble: Annotated[Optional[list[str]], typer.Option(
         "--ensemble", help="Comma-separated checkpoints searched as one model; a system "
         "scored after the --checkpoint ones (repeat for more).")] = None,
-    int8: Int8Opt = None,
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Translate a test set and score it with sacrebleu (the run's own test split by default)."""
@@ -345,7 +363,7 @@ def eval_cmd(
     systems = [(c,) for c in checkpoint or ([] if ensemble else [None])]
     systems += [_ensemble(e) for e in ensemble or []]
     run_eval(systems, src, ref, tsv, beam, names, by_length, output, plot,
-             as_json, device, int8, bootstrap)
+             as_json, device, _search_precision(precision, int8), bootstrap)
 
 
 @app.command("average")
@@ -401,7 +419,8 @@ def serve_cmd(
         help="On Ctrl-C/SIGTERM, seconds for which queued requests are still answered.")] = 10.0,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, help="CPU threads for the model (default: torch's).")] = None,
-    int8: Int8Opt = None,
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Serve a model over HTTP: a page at / and a JSON API (/translate, /health, /info)."""
@@ -412,7 +431,8 @@ def serve_cmd(
                            max_wait_ms=max_wait_ms, max_body_bytes=max_body_kb * 1024,
                            max_sentences=max_sentences, max_chars=max_chars, max_beam=max_beam,
                            max_queue=max_queue, grace_s=grace)
-    run_server(checkpoint, options, device, int8, threads, _state["verbose"])
+    run_server(checkpoint, options, device, _search_precision(precision, int8), threads,
+               _state["verbose"])
 
 
 def main() -> None:

@@ -113,7 +113,9 @@ class TrainConfig:
     average_last: int = 0  # average the last K validation checkpoints into averaged.pt (0: off)
     threads: int = 0  # CPU threads for torch (0: torch's default)
     device: Literal["auto", "cpu", "cuda"] = "cpu"  # where to train
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: mixed on CUDA, fp32 on CPU
+    # auto: bf16 where the CPU (avx512_bf16, amx_bf16, Arm bf16: probed once) or the GPU
+    # computes it natively, else fp32 (fp16 on GPUs without bf16)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 if native, else fp32
     accumulate: int = 1  # batches per update (per process): update size x this, as one batch
     log_every: int = 50  # log a progress line every N updates
     tensorboard: bool = False  # also write TensorBoard event files into the run's tensorboard/
@@ -129,7 +131,9 @@ class DecodeConfig:
     batch_size: int = 64  # sentences translated together
     n_best: int = 1  # hypotheses returned per sentence
     early_stop: bool = False  # end a sentence once its best candidate ends (else: beam have)
-    int8: bool = False  # CPU: 8-bit weights in the decoder's step and output layer (faster)
+    # auto, on a CPU: int8 (8-bit weights in the decoder) where its products work, else bf16
+    # where native, else fp32; on a GPU: fp32
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"  # of search; auto: the fastest
 
 
 @dataclass(frozen=True)
@@ -462,13 +466,23 @@ def _get(cfg: Any, path: str) -> Any:
     return cfg
 
 
+def _older_keys(raw: Any) -> Any:
+    """An older config in today's keys: `decode.int8: true` is `decode.precision: int8`."""
+    if isinstance(raw, dict) and isinstance(raw.get("decode"), dict) and "int8" in raw["decode"]:
+        decode = dict(raw["decode"])
+        if decode.pop("int8") is True:
+            decode.setdefault("precision", "int8")
+        raw = {**raw, "decode": decode}
+    return raw
+
+
 def from_dict(raw: Any, source: str | None = None) -> Config:
     """Builds and validates a `Config` from plain data; raises `ConfigError` with all problems.
 
     Types are checked first, then ranges, then consistency; a value of the wrong type or out of
     range is reported once, and the checks that read it are skipped."""
     found = _Findings()
-    cfg = _build(Config, raw, "", found)
+    cfg = _build(Config, _older_keys(raw), "", found)
     if cfg is _INVALID:
         raise ConfigError(found.problems, source)
     for path, ok, expected in _RANGES:

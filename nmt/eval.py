@@ -36,14 +36,15 @@ def metric_names(metrics: str | None, chrf: bool, ter: bool) -> tuple[str, ...]:
 def run_eval(systems: list[tuple[Path | None, ...]], src: Path | None, ref: Path | None,
              tsv: Path | None, beam: int | None, names: tuple[str, ...], lengths: bool,
              output: Path | None, plot: Path | None, as_json: bool, device: str,
-             int8: bool | None = None, bootstrap: int = DEFAULT_RESAMPLES) -> None:
+             precision: str | None = None, bootstrap: int = DEFAULT_RESAMPLES) -> None:
     """Scores each system, a checkpoint or an ensemble of checkpoints (a tuple of several)."""
     if output is not None and len(systems) > 1:
         raise UsageError("--output names one file: use it with one --checkpoint")
     results: list[EvalResult] = []
     test_sets: list[tuple[list[str], list[str]]] = []
     for first, *others in systems:
-        translator = load_translator(first, device, ensemble=tuple(others), int8=int8)
+        translator = load_translator(first, device, ensemble=tuple(others),
+                                      precision=precision)
         run_dir = translator.path.parent
         name = " + ".join([str(translator.path), *map(str, others)])
         if src is None and tsv is None:

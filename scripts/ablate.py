@@ -1,6 +1,6 @@
 """What each piece of the fast layer (`nmt.fast`) buys, measured side by side in one process.
 
-    python scripts/ablate.py [--batches 60] [--sentences 300] [--repeats 3]
+    python scripts/ablate.py [--precision fp32|bf16] [--batches 60] [--sentences 300] [--repeats 3]
 
 Training: one copy of the configs/bench.yaml model per variant (every piece on; each piece off
 alone; every piece off, the plain model), all trained on the same batches with the same
@@ -10,7 +10,8 @@ the same test sentences under each variant, in turns, `--repeats` times. Prints,
 target tokens/s and sentences/s (over all batches; median of the turns), and how much longer
 it takes than every piece on: the median over batches (turns) of the ratio of the two times
 taken side by side, which a burst of other work on a shared machine moves less than the totals.
-1.10 means that turning the piece off makes training (search) 1.10x slower.
+1.10 means that turning the piece off makes training (search) 1.10x slower. `--precision bf16`
+trains and searches every variant under bfloat16 autocast (`nmt.precision`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from nmt import fast
+from nmt import precision as numerics
 from nmt.config import load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
@@ -47,7 +49,7 @@ def variants() -> dict[str, frozenset[str]]:
             "plain (NMT_FAST=0)": frozenset()}
 
 
-def train(cfg, prepared, batches: int, warmup: int
+def train(cfg, prepared, batches: int, warmup: int, dtype: torch.dtype | None
           ) -> tuple[dict[str, list[float]], int, torch.nn.Module]:
     """Each variant's seconds per timed batch, the batches' target tokens, and the all-pieces
     model."""
@@ -69,8 +71,9 @@ def train(cfg, prepared, batches: int, warmup: int
             model, optimizer = copies[name]
             fast._ON = variants()[name]
             start = time.perf_counter()
-            loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out,
-                                 cfg.train.label_smoothing)
+            with numerics.autocast(dtype, torch.device("cpu")):
+                loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out,
+                                     cfg.train.label_smoothing)
             (loss / n).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
             optimizer.step()
@@ -85,7 +88,7 @@ def train(cfg, prepared, batches: int, warmup: int
     return seconds, tokens, copies["all pieces"][0]
 
 
-def translate(model, cfg, prepared, sentences: list[str], repeats: int
+def translate(model, cfg, prepared, sentences: list[str], repeats: int, precision: str
               ) -> dict[str, list[float]]:
     """Each variant's seconds per turn of beam-5 translation."""
     model.eval()
@@ -94,7 +97,8 @@ def translate(model, cfg, prepared, sentences: list[str], repeats: int
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             fast._ON = variants()[name]
-            translator = Translator(model, prepared.tokenizer(), replace(cfg.decode, int8=False),
+            translator = Translator(model, prepared.tokenizer(),
+                                    replace(cfg.decode, precision=precision),
                                     4 * cfg.data.max_pieces)
             start = time.perf_counter()
             translator.translate(sentences, beam=5)
@@ -111,6 +115,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     ap.add_argument("--sentences", type=int, default=300, help="test sentences translated")
     ap.add_argument("--repeats", type=int, default=3, help="timed translation turns")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="what training and search compute in")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -118,15 +124,16 @@ def main() -> None:
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     prepared = prepare(cfg.data, progress=False)
     sentences = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
-    trained, tokens, model = train(cfg, prepared, args.batches, args.warmup)
-    searched = translate(model, cfg, prepared, sentences, args.repeats)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    trained, tokens, model = train(cfg, prepared, args.batches, args.warmup, dtype)
+    searched = translate(model, cfg, prepared, sentences, args.repeats, args.precision)
     every = "all pieces"
 
     def slower(times: dict[str, list[float]], name: str) -> float:
         return statistics.median(t / a for t, a in zip(times[name], times[every]))
 
-    print(f"{torch.get_num_threads()} threads, {args.batches} batches, {len(sentences)} "
-          f"sentences, {args.repeats} turns\n")
+    print(f"{args.precision}, {torch.get_num_threads()} threads, {args.batches} batches, "
+          f"{len(sentences)} sentences, {args.repeats} turns\n")
     print("| variant | train tgt tok/s | time ÷ all pieces' | beam 5 sent/s | "
           "time ÷ all pieces' |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -1,5 +1,6 @@
-"""Speed benchmark, in one run on this machine: the fp32 matmul peak, data preparation, training
-and translation of configs/bench.yaml, and optionally the same work by reference toolkits.
+"""Speed benchmark, in one run on this machine: the fp32 and bf16 matmul peaks, data preparation,
+training and translation of configs/bench.yaml in fp32 and bf16 (and int8 search), and
+optionally the same work by reference toolkits.
 
     python scripts/bench.py                          # nmt alone (make bench)
     python scripts/bench.py --peer onmt --peer joey  # and the peers, same data, same updates
@@ -10,7 +11,9 @@ median of several timed windows, and only ratios measured in the same run are co
 Training counts target tokens without padding, with EOS (as the peers count them), over
 `--updates` updates after `--warmup`. Model FLOPs per target token are counted by torch's
 FlopCounterMode on real batches (matrix products of forward and backward). Translation runs on
-the first `--sentences` test sentences with the model just trained, greedy and beam 5. Peers
+the first `--sentences` test sentences with the model just trained (fp32), greedy and beam 5,
+beam 5 in bf16 and in int8 too. bf16 is measured where the CPU computes it natively
+(`nmt.precision.cpu_bf16`). The peers are compared with nmt in fp32, as they train. Peers
 (`../shared/bench/run-peer.sh`) train the same number of updates on the same SentencePiece
 pieces and translate the same sentences; their BLEU is scored after joining their pieces.
 After each peer, nmt's training (more updates of the same run) and beam search (the same
@@ -40,6 +43,7 @@ import sacrebleu
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nmt import precision as numerics
 from nmt.config import Config, load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
@@ -70,11 +74,13 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def matmul_peak(reps: int = 7) -> float:
-    """Median fp32 GFLOP/s of torch.mm at the current thread count (the best of 3 sizes)."""
+def matmul_peak(dtype: torch.dtype = torch.float32, reps: int = 7) -> float:
+    """Median GFLOP/s of torch.mm in `dtype` at the current thread count (the best of 3
+    sizes)."""
     best = 0.0
     for n in (512, 1024, 2048):
-        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        c = torch.empty(n, n, dtype=dtype)
         inner = max(1, int(2e9 // (2 * n ** 3)))
         times = []
         for i in range(reps + 2):
@@ -167,10 +173,10 @@ def train_speed(cfg: Config, prepared: Prepared, warmup: int, updates: int,
 
 
 def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, test: Pairs,
-                    beam: int, repeats: int, int8: bool = False) -> dict:
+                    beam: int, repeats: int, precision: str = "fp32") -> dict:
     sources, refs = test
-    translator = Translator(model.eval(), prepared.tokenizer(), replace(cfg.decode, int8=int8),
-                            4 * cfg.data.max_pieces)
+    translator = Translator(model.eval(), prepared.tokenizer(),
+                            replace(cfg.decode, precision=precision), 4 * cfg.data.max_pieces)
     peak_rss_reset()
     times, out = [], []
     for _ in range(repeats):
@@ -180,7 +186,7 @@ def translate_speed(model: torch.nn.Module, cfg: Config, prepared: Prepared, tes
     seconds = statistics.median(times)
     tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in out)  # with EOS
     hyps = [t.text for t in out]
-    return {"beam": beam, "int8": int8, "sentences": len(sources),
+    return {"beam": beam, "precision": translator.precision(), "sentences": len(sources),
             "sentences_per_s": len(sources) / seconds,
             "tgt_tokens_per_s": tokens / seconds, "mean_output_pieces": tokens / len(out),
             "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "peak_rss_mib": peak_rss_mib()}
@@ -204,11 +210,11 @@ class Alongside:
         a = self.args
         now = {"train": self.training.tgt_tokens_per_s(a.updates // a.windows,
                                                        a.alongside_windows)}
-        searches = [("beam5", False)] + ([("beam5_int8", True)] if "beam5_int8" in self.last
-                                         else [])
-        for name, int8 in searches:
+        searches = [("beam5", "fp32")] + ([("beam5_int8", "int8")] if "beam5_int8" in self.last
+                                          else [])
+        for name, precision in searches:
             now[name] = translate_speed(self.model, self.cfg, self.prepared, self.test, 5,
-                                        a.repeats, int8)["sentences_per_s"]
+                                        a.repeats, precision)["sentences_per_s"]
         before, self.last = self.last, now
         return {"before": before, "after": now,
                 **{k: (before[k] + now[k]) / 2 for k in now}}
@@ -288,10 +294,13 @@ def translate_seconds(kind: str, path: Path) -> float | None:
 
 def table(r: dict) -> str:
     t, g, b = r["train"], r["greedy"], r["beam5"]
+    bf16_peak = (f", bf16 matmul peak {r['matmul_bf16_gflops']:.1f} GFLOP/s (the larger of "
+                 f"{' and '.join(f'{x:.1f}' for x in r['matmul_bf16_gflops_runs'])})"
+                 if r.get("matmul_bf16_gflops") else f", bf16 not measured ({r['bf16']})")
     lines = [
         f"machine: {r['threads']} threads, fp32 matmul peak {r['matmul_gflops']:.1f} GFLOP/s "
-        f"(the larger of {' and '.join(f'{x:.1f}' for x in r['matmul_gflops_runs'])}), "
-        f"fused CPU kernels {'on' if r['fused_kernels'] else 'off'}",
+        f"(the larger of {' and '.join(f'{x:.1f}' for x in r['matmul_gflops_runs'])})"
+        f"{bf16_peak}, fused CPU kernels {'on' if r['fused_kernels'] else 'off'}",
         f"data preparation: {r['prepare_pairs_per_s']:,.0f} pairs/s",
         f"training ({t['parameters']:,} parameters, {t['sentences_per_batch']:.1f} sentences "
         f"per batch): {t['tgt_tokens_per_s']:,.0f} tgt tok/s, {t['src_tgt_tokens_per_s']:,.0f} "
@@ -299,15 +308,26 @@ def table(r: dict) -> str:
         f"{t['flop_per_tgt_token'] / 1e6:.1f} MFLOP/tgt token = {t['gflops']:.1f} GFLOP/s = "
         f"{t['gflops'] / r['matmul_gflops']:.0%} of peak, peak RSS {t['peak_rss_mib']:,.0f} MiB",
     ]
-    for d in (g, b, r["beam5_int8"]):
-        lines.append(f"translation beam {d['beam']}{' int8' if d['int8'] else ''}: "
+    if "train_bf16" in r:
+        t16 = r["train_bf16"]
+        lines.append(f"training in bf16: {t16['tgt_tokens_per_s']:,.0f} tgt tok/s = "
+                     f"{t16['tgt_tokens_per_s'] / t['tgt_tokens_per_s']:.2f}x fp32's, "
+                     f"{t16['updates_per_s']:.2f} updates/s, {t16['gflops']:.1f} GFLOP/s = "
+                     f"{t16['gflops'] / r['matmul_bf16_gflops']:.0%} of the bf16 peak")
+    for d in (g, b, r.get("beam5_bf16"), r["beam5_int8"]):
+        if d is None:
+            continue
+        lines.append(f"translation beam {d['beam']} {d['precision']}: "
                      f"{d['sentences_per_s']:.1f} sent/s, "
                      f"{d['tgt_tokens_per_s']:,.0f} tgt tok/s, BLEU {d['bleu']:.2f} "
                      f"({d['mean_output_pieces']:.1f} pieces/sentence), peak RSS "
                      f"{d['peak_rss_mib']:,.0f} MiB")
-    q = r["beam5_int8"]
-    lines.append(f"int8 beam 5: {q['sentences_per_s'] / b['sentences_per_s']:.2f}x the fp32 "
-                 f"speed, BLEU {q['bleu'] - b['bleu']:+.2f}")
+    for key in ("beam5_bf16", "beam5_int8"):
+        if key in r:
+            q = r[key]
+            ratio = q["sentences_per_s"] / b["sentences_per_s"]
+            lines.append(f"{q['precision']} beam 5: {ratio:.2f}x the fp32 speed, BLEU "
+                         f"{q['bleu'] - b['bleu']:+.2f}")
     if r.get("peers"):
         lines += ["", "nmt's speeds next to a peer are the means of nmt's measurements just "
                       "before and just after it.", "",
@@ -352,10 +372,14 @@ def main() -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     cfg = load_config(args.config)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    bf16 = numerics.cpu_bf16()
     result: dict = {"config": str(args.config), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "fused_kernels": kernels.load()}
-    log.info("matmul peak ...")
+                    "torch": torch.__version__, "fused_kernels": kernels.load(),
+                    "bf16": bf16.describe()}
+    log.info("matmul peaks ...")
     result["matmul_gflops_runs"] = [matmul_peak()]  # and again at the end: the larger counts
+    if bf16.native:
+        result["matmul_bf16_gflops_runs"] = [matmul_peak(torch.bfloat16)]
     log.info("data preparation ...")
     result["prepare_pairs_per_s"] = prepare_speed(cfg)
     prepared = prepare(cfg.data, progress=False)
@@ -363,11 +387,18 @@ def main() -> None:
     log.info("training %d + %d updates ...", args.warmup, args.updates)
     result["train"], training = train_speed(cfg, prepared, args.warmup, args.updates,
                                             args.windows)
+    if bf16.native:
+        log.info("training %d + %d updates in bf16 ...", args.warmup, args.updates)
+        result["train_bf16"] = train_speed(
+            replace(cfg, train=replace(cfg.train, precision="bf16")), prepared, args.warmup,
+            args.updates, args.windows)[0]
     model = copy.deepcopy(training.model)  # translated now and next to each peer
-    for name, beam, int8 in (("greedy", 1, False), ("beam5", 5, False), ("beam5_int8", 5, True)):
-        log.info("translating %d sentences, beam %d%s ...", args.sentences, beam,
-                 ", int8" if int8 else "")
-        result[name] = translate_speed(model, cfg, prepared, test, beam, args.repeats, int8)
+    searches = [("greedy", 1, "fp32"), ("beam5", 5, "fp32")]
+    searches += [("beam5_bf16", 5, "bf16")] if bf16.native else []
+    for name, beam, precision in [*searches, ("beam5_int8", 5, "int8")]:
+        log.info("translating %d sentences, beam %d, %s ...", args.sentences, beam, precision)
+        result[name] = translate_speed(model, cfg, prepared, test, beam, args.repeats,
+                                       precision)
     result["peers"] = []
     if not args.peer:
         finish(result, args.out)
@@ -416,6 +447,9 @@ def finish(result: dict, out: Path) -> None:
     log.info("matmul peak again ...")
     result["matmul_gflops_runs"].append(matmul_peak())
     result["matmul_gflops"] = max(result["matmul_gflops_runs"])
+    if "matmul_bf16_gflops_runs" in result:
+        result["matmul_bf16_gflops_runs"].append(matmul_peak(torch.bfloat16))
+        result["matmul_bf16_gflops"] = max(result["matmul_bf16_gflops_runs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(table(result))

@@ -5,8 +5,11 @@
 
 The other checkout's `nmt` package is copied into a temporary folder as `nmt_old` (its imports
 renamed) and imported beside this one. Each trains its own copy of the same initial model of
-configs/bench.yaml on the same batches, taking turns on every batch; then each translates the
-same test sentences with beam 5 (and with int8) on the same weights, in turns. Prints new speed
+configs/bench.yaml on the same batches, taking turns on every batch, this checkout in its
+config's train.precision (auto: bf16 where the CPU has it) and the other in its own default;
+then each translates the same test sentences with beam 5 on the same weights, in turns: in each
+one's default precision, then this checkout in fp32, bf16 and int8 against the other's fp32 and
+int8. Prints new speed
 ÷ old speed as the ratio of the totals (medians for search) and as the median of the
 side-by-side ratios, which a burst of other work on a shared machine moves less.
 """
@@ -26,12 +29,14 @@ from pathlib import Path
 
 import torch
 
+from nmt import precision as numerics
 from nmt.config import load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model
 from nmt.train import build_optimizer, seed_everything
+from nmt.training.precision import autocast_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import test_pairs  # noqa: E402
@@ -77,13 +82,16 @@ def main() -> None:
         times: dict[str, list[float]] = {"new": [], "old": []}
         tokens = 0
         batches = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
+        cpu = torch.device("cpu")
+        dtype = {"new": autocast_dtype(cfg.train.precision, cpu), "old": None}
         for i, index in enumerate(batches[:args.batches + 5]):
             b = collate(data, index)
             for name in ("new", "old") if i % 2 == 0 else ("old", "new"):
                 model, optimizer = models[name]
                 model.train()
                 start = time.perf_counter()
-                loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
+                with numerics.autocast(dtype[name], cpu):
+                    loss, n = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)
                 (loss / n).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
                 optimizer.step()
@@ -95,18 +103,22 @@ def main() -> None:
         sources = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
         old.load_state_dict(new.state_dict())
         old_tok = tokenizer.Tokenizer(tok.src_model, tok.tgt_model)
-        for int8 in (False, True):
+        searches = [("default", cfg.decode.precision, ocfg.decode),
+                    ("fp32", "fp32", ocfg.decode), ("bf16", "bf16", ocfg.decode),
+                    ("int8", "int8", replace(ocfg.decode, int8=True))]
+        for label, new_precision, old_decode in searches:
             times = {"new": [], "old": []}
             for turn in range(args.turns):
                 for name in ("new", "old") if turn % 2 == 0 else ("old", "new"):
-                    t = (Translator(new.eval(), tok, replace(cfg.decode, int8=int8), 400)
+                    t = (Translator(new.eval(), tok, replace(cfg.decode, precision=new_precision),
+                                    400)
                          if name == "new" else translator.Translator(
-                             old.eval(), old_tok, replace(ocfg.decode, int8=int8), 400))
+                             old.eval(), old_tok, old_decode, 400))
                     start = time.perf_counter()
                     t.translate(sources, beam=5)
                     times[name].append(time.perf_counter() - start)
-            report(f"beam 5{' int8' if int8 else ''}, sent/s", len(sources), times,
-                   statistics.median)
+            report(f"beam 5, new {label} (old {'int8' if old_decode.int8 else 'default'}), "
+                   f"sent/s", len(sources), times, statistics.median)
 
 
 def report(what: str, amount: int, times: dict[str, list[float]], total) -> None:

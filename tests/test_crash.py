@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nmt import checkpoint
+from nmt import checkpoint, machine
 
 from conftest import tiny_train_command, wait_for
 
@@ -77,13 +77,11 @@ def test_writes_only_where_it_is_told(tmp_path):
     HOME."""
     import os
 
-    from nmt.fast import kernels
-
     cwd, home = tmp_path / "cwd", tmp_path / "home"
     cwd.mkdir()
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "NMT_CACHE_DIR": str(kernels.cache_dir())}  # built once already, by this session
+           "NMT_CACHE_DIR": str(machine.cache_dir())}  # built once already, by this session
     run = tmp_path / "runs" / "tiny"
     subprocess.run(command(tmp_path, tmp_path / "runs", "--set", "train.max_steps=20"),
                    cwd=cwd, env=env, check=True, capture_output=True)

@@ -23,6 +23,7 @@ from nmt import checkpoint
 from nmt.config import TrainConfig
 from nmt.data.batching import Dataset
 from nmt.errors import UsageError
+from nmt.precision import cpu_bf16
 from nmt.training import distributed
 from nmt.training.precision import autocast_dtype
 from nmt.training.schedule import Schedule
@@ -68,9 +69,11 @@ def test_accumulation_equals_one_batch_that_many_times_larger(tmp_path):
 
 def test_precision_settings():
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    native = cpu_bf16().native
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     with pytest.raises(UsageError, match="needs a CUDA device"):
-        autocast_dtype("bf16", cpu)
+        autocast_dtype("fp16", cpu)
     if torch.cuda.is_available():
         assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
 

@@ -26,7 +26,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def translator(trained_run):
-    return load_translator(trained_run)
+    """The tiny model's translator in fp32, whose searches the properties below hold exactly
+    (int8's products quantize each batch with its own scale; tests/test_precision.py)."""
+    return load_translator(trained_run, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +45,12 @@ def test_translates_the_test_split_well(translator, trained_run, sources):
 def test_int8_translates_about_as_well(translator, trained_run, sources):
     refs = (trained_run / "test.pt").read_text().splitlines()
     fp32 = [t.text for t in translator.translate(sources, beam=3)]
-    translator.decode = replace(translator.decode, int8=True)
+    translator.decode = replace(translator.decode, precision="int8")
     try:
+        assert translator.precision() == "int8"
         int8 = [t.text for t in translator.translate(sources, beam=3)]
     finally:
-        translator.decode = replace(translator.decode, int8=False)
+        translator.decode = replace(translator.decode, precision="fp32")
     same = sum(a == b for a, b in zip(fp32, int8)) / len(fp32)
     assert same > 0.8
     assert abs(sacrebleu.corpus_bleu(int8, [refs]).score

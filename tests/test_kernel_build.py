@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from nmt import machine
 from nmt.fast import kernels
 
 from conftest import ROOT, fast_only
@@ -29,7 +30,7 @@ CPU revision\t: 1
 
 
 def test_cpu_id_tells_arm_cpus_apart():
-    a, b = (kernels._cpu_id(ARM_CPUINFO.format(part=p)) for p in ("0xd0c", "0xd40"))
+    a, b = (machine.cpu_id(ARM_CPUINFO.format(part=p)) for p in ("0xd0c", "0xd40"))
     assert a != b
     assert "Features" in a and "CPU part" in a
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 from nmt import fast, lock
+from nmt.machine import cache_dir, cpu_id
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +46,6 @@ OPENMP = ["-fopenmp"]
 
 _loaded: bool | None = None  # None: not tried yet
 _loading = threading.Lock()
-
-
-def cache_dir() -> Path:
-    if os.environ.get("NMT_CACHE_DIR"):
-        return Path(os.environ["NMT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nmt"
-
-
-# /proc/cpuinfo lines that -march=native depends on: x86 names the model and flags, ARM the
-# implementer, part and features.
-_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture",
-               "CPU variant", "CPU part", "CPU revision")
-
-
-def _cpu_id(cpuinfo: str | None = None) -> str:
-    """What -march=native depends on: the machine and the first CPU's model and features."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    lines = cpuinfo.split("\n\n")[0].splitlines()
-    keep = [line for line in lines if line.startswith(_CPU_FIELDS)]
-    return "\n".join([platform.machine(), platform.processor(), *keep])
 
 
 def compiler() -> list[str]:
@@ -90,7 +65,7 @@ def _compiler_version(cxx: list[str]) -> str:
 def build_dir(cxx: list[str], extra: list[str] = OPENMP) -> Path:
     """Where this source, these flags, this compiler and torch, and this CPU build to."""
     key = hashlib.sha256("\n".join([SOURCE.read_text(), *FLAGS, *extra, *cxx,
-                                    _compiler_version(cxx), torch.__version__, _cpu_id()])
+                                    _compiler_version(cxx), torch.__version__, cpu_id()])
                          .encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / key
 
@@ -190,10 +165,13 @@ def load() -> bool:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """True where the operators apply: float32 CPU tensors, no autocast, operators built."""
+    """True where the operators apply: CPU tensors, float32 (or bfloat16 under CPU autocast,
+    which casts them to float32 for the operators), operators built."""
+    dtypes = (torch.float32, torch.bfloat16) if torch.is_autocast_enabled("cpu") else (
+        torch.float32,)
     return (fast.on("kernels")
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu") and load())
+            and all(t.device.type == "cpu" and t.dtype in dtypes for t in tensors)
+            and load())
 
 
 def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -287,3 +265,6 @@ def _register() -> None:
         return grad * dloss.unsqueeze(1), None, None  # never in place: a second backward too
 
     torch.library.register_autograd("nmt::cross_entropy", ce_backward, setup_context=ce_context)
+
+    for name in ("additive_score", "lstm_cell", "cross_entropy"):  # float32 under autocast
+        torch.library.register_autocast(f"nmt::{name}", "cpu", torch.float32)

@@ -102,6 +102,11 @@ class _Packed:
         return out.view(*x.shape[:-1], out.size(-1))
 
 
+def int8_available() -> bool:
+    """Whether a translator's int8 products run here (the fast layer on, fbgemm working)."""
+    return fast.enabled() and int8_products()
+
+
 class _PackedInt8:
     """A (O, D) weight quantized to int8 per output row and packed for dynamic-quantized
     products (inference only)."""

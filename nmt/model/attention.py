@@ -74,8 +74,15 @@ class Memory:
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim of (B, S) scores, exactly 0 where mask is False."""
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    """Softmax over the last dim of (B, S) scores, exactly 0 where mask is False; in float32
+    (or wider) whatever the scores' precision."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1,
+                         dtype=at_least_float32(scores))
+
+
+def at_least_float32(x: torch.Tensor) -> torch.dtype:
+    """float32 for bfloat16 or float16 (autocast's products), else x's own dtype."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class GlobalAttention(nn.Module):
@@ -166,7 +173,8 @@ class MultiHeadAttention(GlobalAttention):
                 coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.score.per_head(query, memory.keys, memory.proj, memory.products)
         mask = memory.row_mask().unsqueeze(2)  # (B, S, 1)
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)  # (B, S, H)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1,
+                                dtype=at_least_float32(scores))  # (B, S, H)
         n, h, s, d = memory.keys.shape
         per_head = weights.view(n, -1, s, h).permute(0, 3, 1, 2)  # (N, H, g, S)
         # sum_s a^h(s) v^h_s: as a product and a sum, which runs faster than bmm's many small

@@ -53,9 +53,10 @@ TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (12
 
 def skips_ended_rows(device: torch.device) -> bool:
     """Whether teacher forcing drops the rows whose target has ended from later steps (the
-    fast layer's `rows`): on a CPU, where a step's time grows with its rows; not on a GPU,
-    where it goes to launching kernels, which dropping rows multiplies."""
-    return device.type == "cpu" and fast.on("rows")
+    fast layer's `rows`): on a CPU in float32, where a step's time grows with its rows; not on
+    a GPU, where it goes to launching kernels, which dropping rows multiplies, nor in bfloat16,
+    where products of a new shape at every step cost more than the rows they save."""
+    return device.type == "cpu" and fast.on("rows") and not torch.is_autocast_enabled("cpu")
 
 
 @dataclass

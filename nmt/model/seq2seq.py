@@ -17,7 +17,7 @@ from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
 from nmt.fast import kernels
 from nmt.fast.products import PLAIN, Products
-from nmt.model.attention import Memory, build_attention
+from nmt.model.attention import Memory, at_least_float32, build_attention
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
 
@@ -89,8 +89,10 @@ class Seq2Seq(nn.Module):
         return loss, gold.numel()
 
     def log_probs(self, att: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
-        """(B, H) attentional states -> (B, V) log-probabilities of the next token."""
-        return torch.log_softmax(products.linear(att, self.generator.weight), dim=-1)
+        """(B, H) attentional states -> (B, V) log-probabilities of the next token, in float32
+        (or wider) whatever the products' precision."""
+        logits = products.linear(att, self.generator.weight)  # (B, V)
+        return torch.log_softmax(logits, dim=-1, dtype=at_least_float32(logits))
 
     def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory, t: int,
                     products: Products = PLAIN

@@ -29,14 +29,14 @@ _HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")  # RFC 1123: checked befor
 
 
 def run_server(checkpoint_path: Path | None, options: ServeOptions, device: str = "cpu",
-               int8: bool | None = None, threads: int | None = None,
+               precision: str | None = None, threads: int | None = None,
                verbose: bool = False) -> None:
     """Serves the checkpoint (file or run directory; default: the newest run) until stopped."""
     require_server_packages()
     options.check()
     sock = bind(options.host, options.port)
     try:
-        app = _load_app(checkpoint_path, options, device, int8, threads)
+        app = _load_app(checkpoint_path, options, device, precision, threads)
         _serve(app, sock, options, verbose)
     finally:
         sock.close()
@@ -85,7 +85,7 @@ def _bind_error(host: str, port: int, err: OSError) -> NmtError:
     return NmtError(f"cannot listen on {host}:{port} ({err.strerror or err})")
 
 
-def _load_app(checkpoint_path, options: ServeOptions, device: str, int8: bool | None,
+def _load_app(checkpoint_path, options: ServeOptions, device: str, precision: str | None,
               threads: int | None):
     import torch
 
@@ -95,7 +95,7 @@ def _load_app(checkpoint_path, options: ServeOptions, device: str, int8: bool | 
 
     if threads:
         torch.set_num_threads(threads)
-    translator = load_translator(checkpoint_path, device, int8=int8)
+    translator = load_translator(checkpoint_path, device, precision=precision)
     widest = widest_allowed(translator, options)
     if translator.decode.beam > widest:
         raise UsageError(f"--max-beam {options.max_beam}: narrower than the checkpoint's "
