@@ -7,7 +7,7 @@
            the LSTM cell states and their update, the softmaxes and the loss stay float32.
            bfloat16 has float32's range, so no loss scaling
     fp16   CUDA training only: as bf16 with float16, and loss scaling
-    int8   CPU translation only: 8-bit weights in the decoder's products (`nmt.fast.products`)
+    int8   CPU translation only: 8-bit weights in the decoder's products (`nmt.fast.int8`)
 
 On a CPU, bf16 pays only where the CPU multiplies bfloat16 natively (x86 `avx512_bf16` or
 `amx_bf16`, Arm `bf16`): elsewhere oneDNN emulates it, several times slower than fp32.

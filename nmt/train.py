@@ -28,6 +28,7 @@ from nmt.data.sampling import describe
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, ConfigError, Interrupted, UsageError
 from nmt.evaluation.validation import Validation, make_validator
+from nmt.fast import kernels
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
 from nmt.training import averaging, board, distributed
@@ -131,7 +132,8 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     tok = prepared.tokenizer()
     check_beam(cfg.decode.beam, tok.tgt_vocab_size, "decode.beam")
     seed_everything(cfg.train.seed)
-    model = allocate_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, device)
+    model = allocate_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, device,
+                           kernels.FUSED)
     if d.enabled:
         torch.manual_seed(cfg.train.seed * 1000 + d.rank)  # own dropout noise per process
     optimizer, schedule = build_optimizer(cfg.train, model)

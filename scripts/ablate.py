@@ -32,6 +32,7 @@ from nmt import precision as numerics
 from nmt.config import load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
+from nmt.fast import kernels
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model
 from nmt.train import build_optimizer, seed_everything
@@ -57,7 +58,7 @@ def train(cfg, prepared, batches: int, warmup: int, dtype: torch.dtype | None
     order = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
     seed_everything(cfg.train.seed)
     tok = prepared.tokenizer()
-    base = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+    base = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, kernels.FUSED)
     copies = {}
     for name in variants():
         model = copy.deepcopy(base).train()

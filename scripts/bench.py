@@ -47,7 +47,7 @@ from nmt import precision as numerics
 from nmt.config import Config, load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import Prepared, prepare
-from nmt.fast import kernels, products
+from nmt.fast import kernels
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model, count_parameters
 from nmt.train import build_optimizer, seed_everything
@@ -107,7 +107,8 @@ class Training:
     def __init__(self, cfg: Config, prepared: Prepared) -> None:
         seed_everything(cfg.train.seed)
         tok = prepared.tokenizer()
-        self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                 kernels.FUSED)
         t = cfg.train
         optimizer, self.schedule = build_optimizer(t, self.model)
         self.data = Dataset.load(prepared.ids("train"))
@@ -122,10 +123,9 @@ class Training:
         """Model FLOPs per target token of forward and backward, on the first three batches."""
         flops = FlopCounterMode(display=False)
         counted = 0
-        # FlopCounterMode sees neither oneDNN's packed products nor the fused kernels: count
-        # the plain path (nn.LSTM, F.linear), which computes the same products
-        with (flops, mock.patch("nmt.fast.products.for_loop", lambda: products.PLAIN),
-              mock.patch("nmt.fast.kernels.usable", lambda *tensors: False)):
+        # FlopCounterMode does not see inside the fused kernels: count the plain path, which
+        # computes the same products
+        with flops, mock.patch("nmt.fast.kernels.usable", lambda *tensors: False):
             for index in self.batches[:3]:
                 b = collate(self.data, index)
                 loss, n = self.model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out)

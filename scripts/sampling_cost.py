@@ -35,6 +35,7 @@ from nmt.config import load_config
 from nmt.data.batching import Dataset, Resegmented, epoch_batches, padding_fraction, prepared_ids
 from nmt.data.prepare import prepare
 from nmt.data.sampling import describe
+from nmt.fast import kernels
 from nmt.model.seq2seq import build_model
 from nmt.train import build_optimizer
 from nmt.training.trainer import Trainer
@@ -97,7 +98,7 @@ def batch_sizes(sampled, data: Dataset, batches: list[np.ndarray], budget: int) 
 def time_updates(cfg, data: Dataset, collates: dict, batches: list[np.ndarray],
                  vocab: tuple[int, int]) -> dict:
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, *vocab)
+    model = build_model(cfg.model, *vocab, kernels.FUSED)
     optimizer, schedule = build_optimizer(cfg.train, model)
     spent = {"collate": 0.0}
 

@@ -2,6 +2,7 @@
 
     git worktree add /tmp/old 9db9e7c
     python scripts/versus.py --old /tmp/old [--batches 60] [--sentences 300] [--turns 5]
+        [--precision fp32] [--checkpoint runs/NAME/best.pt]
 
 The other checkout's `nmt` package is copied into a temporary folder as `nmt_old` (its imports
 renamed) and imported beside this one. Each trains its own copy of the same initial model of
@@ -9,7 +10,8 @@ configs/bench.yaml on the same batches, taking turns on every batch, this checko
 config's train.precision (auto: bf16 where the CPU has it) and the other in its own default;
 then each translates the same test sentences with beam 5 on the same weights, in turns: in each
 one's default precision, then this checkout in fp32, bf16 and int8 against the other's fp32 and
-int8. Prints new speed
+int8, with the BLEU of each (on `--checkpoint`'s trained weights, else the weights that the
+training left). Prints new speed
 ÷ old speed as the ratio of the totals (medians for search) and as the median of the
 side-by-side ratios, which a burst of other work on a shared machine moves less.
 """
@@ -27,12 +29,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import sacrebleu
 import torch
 
+from nmt import checkpoint
 from nmt import precision as numerics
 from nmt.config import load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
+from nmt.fast import kernels
 from nmt.inference.translator import Translator
 from nmt.model.seq2seq import build_model
 from nmt.train import build_optimizer, seed_everything
@@ -65,6 +70,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--sentences", type=int, default=300)
     ap.add_argument("--turns", type=int, default=5)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="this checkout's train.precision (default: the config's)")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="trained weights to search with (a checkpoint of --config's model)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config, seq2seq, train, translator, tokenizer = import_old(args.old, Path(tmp))
@@ -74,7 +83,7 @@ def main() -> None:
         data = Dataset.load(prepared.ids("train"))
         tok = prepared.tokenizer()
         seed_everything(cfg.train.seed)
-        new = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+        new = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size, kernels.FUSED)
         old = seq2seq.build_model(ocfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
         old.load_state_dict(new.state_dict())
         models = {"new": (new, build_optimizer(cfg.train, new)[0]),
@@ -83,7 +92,7 @@ def main() -> None:
         tokens = 0
         batches = token_batches(data.widths, cfg.train.batch_tokens, cfg.train.seed, 0)
         cpu = torch.device("cpu")
-        dtype = {"new": autocast_dtype(cfg.train.precision, cpu), "old": None}
+        dtype = {"new": autocast_dtype(args.precision or cfg.train.precision, cpu), "old": None}
         for i, index in enumerate(batches[:args.batches + 5]):
             b = collate(data, index)
             for name in ("new", "old") if i % 2 == 0 else ("old", "new"):
@@ -100,14 +109,17 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
             tokens += n if i >= 5 else 0
         report("training, tgt tok/s", tokens, times, sum)
-        sources = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
+        sources, refs = test_pairs(prepared, args.sentences, cfg.data.max_pieces)
+        if args.checkpoint:
+            new.load_state_dict(checkpoint.load(checkpoint.resolve(args.checkpoint))["model"])
         old.load_state_dict(new.state_dict())
         old_tok = tokenizer.Tokenizer(tok.src_model, tok.tgt_model)
         searches = [("default", cfg.decode.precision, ocfg.decode),
                     ("fp32", "fp32", ocfg.decode), ("bf16", "bf16", ocfg.decode),
                     ("int8", "int8", replace(ocfg.decode, int8=True))]
         for label, new_precision, old_decode in searches:
-            times = {"new": [], "old": []}
+            times: dict[str, list[float]] = {"new": [], "old": []}
+            bleu = {}
             for turn in range(args.turns):
                 for name in ("new", "old") if turn % 2 == 0 else ("old", "new"):
                     t = (Translator(new.eval(), tok, replace(cfg.decode, precision=new_precision),
@@ -115,10 +127,12 @@ def main() -> None:
                          if name == "new" else translator.Translator(
                              old.eval(), old_tok, old_decode, 400))
                     start = time.perf_counter()
-                    t.translate(sources, beam=5)
+                    out = t.translate(sources, beam=5)
                     times[name].append(time.perf_counter() - start)
+                    bleu[name] = sacrebleu.corpus_bleu([x.text for x in out], [refs]).score
             report(f"beam 5, new {label} (old {'int8' if old_decode.int8 else 'default'}), "
                    f"sent/s", len(sources), times, statistics.median)
+            print(f"  BLEU: new {bleu['new']:.2f}, old {bleu['old']:.2f}", flush=True)
 
 
 def report(what: str, amount: int, times: dict[str, list[float]], total) -> None:

@@ -23,6 +23,7 @@ from nmt import fast
 from nmt.config import AttentionConfig, Config, ModelConfig, load_config
 from nmt.data.prepare import Prepared, _file_digest
 from nmt.data.tokenizer import PAD
+from nmt.model.operations import PLAIN_OPERATIONS
 from nmt.model.seq2seq import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,13 +145,14 @@ def http_json(url: str, body: dict | None = None, timeout: float = 60) -> tuple[
 
 def small_model(score: str = "additive", dropout: float = 0.0, vocab: int = 30,
                 kind: str = "global", wiring: str = "luong", window: int = 5,
-                coverage: bool = False, heads: int = 1, **kw):
-    """A tiny untrained model with the given attention settings."""
+                coverage: bool = False, heads: int = 1, operations=PLAIN_OPERATIONS, **kw):
+    """A tiny untrained model with the given attention settings, computing through
+    `operations` (the model's own formulas by default)."""
     attention = AttentionConfig(type=kind, score=score, wiring=wiring, size=16, window=window,
                                 coverage=coverage, heads=heads)
     cfg = ModelConfig(emb_size=16, hidden_size=16, decoder_size=32, dropout=dropout,
                       attention=attention, **kw)
-    return build_model(cfg, vocab, vocab)
+    return build_model(cfg, vocab, vocab, operations)
 
 
 def variant_model(kind: str, **kw):

@@ -118,8 +118,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 # Dropout on, and a decay after the first validation whose BLEU (on 4 sentences, after a few
 # updates at a high learning rate) does not improve; validation every 5 updates.
+# Validation translates into one token, so BLEU stays 0 and every validation after the first
+# decays the rate (rank 0's decision), whatever the updates learn.
 DECAYING = ("--set", "model.dropout=0.3", "--set", "train.lr=0.05", "--set", "train.metric=bleu",
             "--set", "train.decay_patience=0", "--set", "train.valid_every=5",
+            "--set", "decode.max_len_ratio=0.01", "--set", "decode.max_len_add=1",
             "--set", "train.max_steps=30", "--nproc", "2")
 
 

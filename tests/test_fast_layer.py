@@ -1,7 +1,9 @@
-"""The fast layer (`nmt.fast`: packed products, deferred gradients, the fused score, the gate
-table, skipping ended rows) against the plain PyTorch model that `NMT_FAST=0` runs, in one
-process. Stated tolerance: the loss within 1e-5 relative, every gradient within 1e-4 relative
-(1e-6 absolute), translations identical and their scores within 1e-4."""
+"""The fast layer's fused kernels (`nmt.fast.kernels.FUSED`: the LSTM cell, the cross-entropy)
+against the plain PyTorch model that `NMT_FAST=0` runs, in one process, with a count of the
+kernels' calls, so that a build that failed cannot compare plain with plain. Stated tolerance:
+the loss within 1e-5 relative, every gradient within 1e-4 relative (1e-6 absolute),
+translations identical and their scores within 1e-4. (int8 search: tests/test_int8.py and
+tests/test_inference.py.)"""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import torch
 
 from nmt import fast
 from nmt.data.batching import Dataset, collate
+from nmt.fast import kernels
 from nmt.inference.translator import Translator
 
-from conftest import variant_model
+from conftest import fast_only, variant_model
 
 KINDS = ["none", "global", "local-m", "local-p", "hard", "coverage", "multihead"]
 
@@ -32,6 +35,17 @@ def switch(monkeypatch, on: bool) -> None:
     monkeypatch.setattr(fast, "_ON", frozenset(fast.PIECES if on else ()))
 
 
+@pytest.fixture
+def calls(monkeypatch) -> list[str]:
+    """The names of the fused kernels called, in order."""
+    made: list[str] = []
+    for name in ("lstm_cell", "cross_entropy"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name,
+                            lambda *a, _k=kernel, _n=name: made.append(_n) or _k(*a))
+    return made
+
+
 def loss_and_grads(model, batch, on: bool, monkeypatch) -> list[torch.Tensor]:
     switch(monkeypatch, on)
     model.zero_grad()
@@ -41,28 +55,36 @@ def loss_and_grads(model, batch, on: bool, monkeypatch) -> list[torch.Tensor]:
                               for p in model.parameters()]
 
 
+@fast_only
 @pytest.mark.parametrize("kind", KINDS + ["layer-norm"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_a_training_step_is_the_same_with_and_without_the_fast_layer(kind, layers, monkeypatch):
+def test_a_training_step_is_the_same_with_and_without_the_fast_layer(kind, layers, monkeypatch,
+                                                                     calls):
     torch.manual_seed(2)
     extra = {"layer_norm": True} if kind == "layer-norm" else {}
     kind = "global" if kind == "layer-norm" else kind
-    model = variant_model(kind, enc_layers=layers, dec_layers=layers, **extra)
+    model = variant_model(kind, enc_layers=layers, dec_layers=layers,
+                          operations=kernels.FUSED, **extra)
     # hard attention samples per step, from as many rows as the step runs: the two paths draw
     # different noise, so it is compared as at inference (argmax)
     model.train(kind != "hard")
     batch = toy_batch()
     quick = loss_and_grads(model, batch, True, monkeypatch)
+    ran = set(calls)  # layer norm has its own cell: only the loss is fused
+    assert ran == ({"cross_entropy"} if extra else {"lstm_cell", "cross_entropy"}), ran
+    calls.clear()
     plain = loss_and_grads(model, batch, False, monkeypatch)
+    assert not calls
     assert torch.allclose(quick[0], plain[0], rtol=1e-5, atol=0), (quick[0], plain[0])
     for (name, _), q, p in zip(model.named_parameters(), quick[1:], plain[1:]):
         assert (q is None) == (p is None), name  # (argmax attention passes no gradient)
         assert q is None or torch.allclose(q, p, rtol=1e-4, atol=1e-6), (name, (q - p).abs().max())
 
 
+@fast_only
 @pytest.mark.parametrize("beam", [1, 4])
 def test_translations_are_the_same_with_and_without_the_fast_layer(trained_run, beam,
-                                                                   monkeypatch):
+                                                                   monkeypatch, calls):
     sources = (trained_run / "test.en").read_text(encoding="utf-8").splitlines()
 
     def translate() -> list:
@@ -72,7 +94,10 @@ def test_translations_are_the_same_with_and_without_the_fast_layer(trained_run, 
 
     switch(monkeypatch, True)
     quick = translate()
+    assert set(calls) == {"lstm_cell"}  # search: the cell (no loss)
+    calls.clear()
     switch(monkeypatch, False)
     plain = translate()
+    assert not calls
     assert [t.text for t in quick] == [t.text for t in plain]
     assert [t.score for t in quick] == pytest.approx([t.score for t in plain], abs=1e-4)

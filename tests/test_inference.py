@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from nmt.cli import app
 from nmt.evaluation.evaluate import by_length
 from nmt.inference.translator import load_translator
-from nmt.model import decoder as decoder_module
 
 from conftest import fast_only
 
@@ -42,6 +41,7 @@ def test_translates_the_test_split_well(translator, trained_run, sources):
     assert sacrebleu.corpus_bleu(hyps, [refs]).score > 50
 
 
+@fast_only
 def test_int8_translates_about_as_well(translator, trained_run, sources):
     refs = (trained_run / "test.pt").read_text().splitlines()
     fp32 = [t.text for t in translator.translate(sources, beam=3)]
@@ -118,29 +118,6 @@ def test_batching_does_not_change_results(translator, sources, beam):
     alone = [translator.translate([s], beam=beam)[0].text for s in batch[:16]]
     assert together[:16] == alone
     assert together[:32] == together[32:]
-
-
-@fast_only
-@pytest.mark.parametrize("beam", [1, 4])
-def test_the_gate_table_changes_no_translation(trained_run, sources, monkeypatch, beam):
-    """Searching, the decoder looks each token's gate contribution up in a table that a
-    translator makes once, for all its calls; without the table (over the size limit) it
-    multiplies per step, with the same results."""
-    translator = load_translator(trained_run)
-    made = []
-    table = translator.model.decoder._gate_table
-    monkeypatch.setattr(translator.model.decoder, "_gate_table", lambda: made.append(1) or table())
-    looked_up = translator.translate(sources[:40], beam=beam)
-    assert translator.translate(sources[:40], beam=beam)[0].text == looked_up[0].text
-    assert len(made) == 1  # once, for both calls and all their batches
-    monkeypatch.setattr(decoder_module, "TABLE_LIMIT", 0)
-    other = load_translator(trained_run)
-    monkeypatch.setattr(other.model.decoder, "_gate_table", lambda: made.append(1) or table())
-    multiplied = other.translate(sources[:40], beam=beam)
-    assert len(made) == 2 and other.products().kept(other.model.decoder.embed.weight, "gates",
-                                                    lambda: "again") is None  # over the limit
-    assert [t.text for t in looked_up] == [t.text for t in multiplied]
-    assert [t.score for t in looked_up] == pytest.approx([t.score for t in multiplied], abs=1e-4)
 
 
 def test_n_best_lists_are_sorted_and_distinct(translator, sources):

@@ -11,9 +11,6 @@ import torch.nn.functional as F
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS, EOS, PAD
-from nmt.fast import products
-from nmt.fast.rows import Prefixes
-from nmt.model import decoder as decoder_module
 from nmt.model.seq2seq import build_model
 
 from conftest import padded_batch, small_model, variant_model
@@ -58,12 +55,9 @@ def test_padding_does_not_change_states_or_loss(layers):
 
 @pytest.mark.parametrize("kind", ["global", "local-m", "local-p", "coverage", "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
-@pytest.mark.parametrize("skip", [True, False])
-def test_loss_skips_ended_rows_without_changing_results(monkeypatch, kind, wiring, skip):
-    """The loss runs step t only on the rows whose target is longer than t (as on a CPU), or
-    on all rows (as on a GPU); its value and all gradients equal cross-entropy over full teacher
-    forcing at the real target positions."""
-    monkeypatch.setattr(decoder_module, "skips_ended_rows", lambda device: skip)
+def test_loss_counts_the_real_target_positions_only(kind, wiring):
+    """The loss and all its gradients equal the cross-entropy of full teacher forcing at the
+    real target positions, whatever the padding after them."""
     src, lengths = padded_batch()
     tgt_in = torch.tensor([[BOS, 5, PAD, PAD], [BOS, 8, 9, 4], [BOS, 10, 11, PAD]])
     tgt_out = torch.tensor([[5, EOS, PAD, PAD], [8, 9, 4, EOS], [10, 11, EOS, PAD]])
@@ -75,30 +69,14 @@ def test_loss_skips_ended_rows_without_changing_results(monkeypatch, kind, wirin
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [loss] + [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
-    skipping, count = model.loss(src, lengths, tgt_in, tgt_out, label_smoothing=0.1)
+    loss, count = model.loss(src, lengths, tgt_in, tgt_out, label_smoothing=0.1)
     att, _ = model(src, lengths, tgt_in)  # (B, T, H), every position
     keep = tgt_out != PAD
     full = F.cross_entropy(model.generator(att[keep]), tgt_out[keep], reduction="sum",
                            label_smoothing=0.1)
     assert count == 2 + 4 + 3
-    for a, b in zip(loss_and_grads(skipping), loss_and_grads(full)):
+    for a, b in zip(loss_and_grads(loss), loss_and_grads(full)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_prefix_gradients_add_up_as_slices_do():
-    """Prefixes sums the gradients of x[:n] for several n, and of x itself, as autograd does
-    for plain slices."""
-    torch.manual_seed(0)
-    x = torch.randn(5, 3, 4, requires_grad=True)
-    weights = [torch.randn(n, 3, 4) for n in (5, 5, 3, 1)]
-
-    def grad(prefix) -> torch.Tensor:
-        y = x * 2
-        take = prefix(y)
-        loss = sum((take(w.size(0)) * w).sum() for w in weights) + (y ** 2).sum()
-        return torch.autograd.grad(loss, x)[0]
-
-    assert torch.allclose(grad(Prefixes), grad(lambda y: lambda n: y[:n]))
 
 
 @pytest.mark.parametrize("kind", ["global", "local-p", "hard", "coverage", "multihead"])
@@ -131,14 +109,6 @@ def test_an_update_leaves_no_reference_cycles(kind):
         gc.enable()
 
 
-def test_decoding_real_tokens_needs_rows_longest_first():
-    model = small_model()
-    src, lengths = padded_batch()
-    memory, state = model.encode(src, lengths)
-    with pytest.raises(ValueError, match="longest first"):
-        model.decoder.real_tokens(torch.full((3, 4), BOS), torch.tensor([2, 4, 3]), state, memory)
-
-
 @pytest.mark.parametrize("kind", ["none", "global", "local-m", "local-p", "hard", "coverage",
                                   "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
@@ -158,9 +128,9 @@ def test_step_loop_matches_teacher_forcing(kind, wiring):
 
 @pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage", "multihead"])
 @pytest.mark.parametrize("wiring", ["luong", "bahdanau"])
-def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
-    """Training's forward computes weight gradients once over all steps; they equal the
-    gradients of the plain step loop, whose products autograd differentiates step by step."""
+def test_loss_gradients_equal_those_of_the_search_step_loop(kind, wiring):
+    """The training loss's gradients (teacher forcing, the output layer once over the real
+    tokens) equal those of the search's step loop, one step at a time."""
     torch.manual_seed(4)
     model = variant_model(kind, dec_layers=2, wiring=wiring).eval()
     src, lengths = padded_batch()
@@ -172,7 +142,7 @@ def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
         loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    deferred = grads(model.loss(src, lengths, tgt_in, tgt_out)[0])
+    taught = grads(model.loss(src, lengths, tgt_in, tgt_out)[0])
     memory, state = model.encode(src, lengths)
     att = []
     for t in range(6):
@@ -181,10 +151,10 @@ def test_deferred_weight_gradients_equal_per_step_ones(kind, wiring):
     logits = model.generator(torch.stack(att, dim=1))  # (B, T, V)
     plain = grads(torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
                                                     reduction="sum"))
-    assert deferred.keys() == plain.keys()
+    assert taught.keys() == plain.keys()
     assert any("recurrent" in n for n in plain)
     for name, grad in plain.items():
-        assert torch.allclose(deferred[name], grad, rtol=1e-4, atol=1e-5), name
+        assert torch.allclose(taught[name], grad, rtol=1e-4, atol=1e-5), name
 
 
 @pytest.mark.parametrize("kind", ["none", "global", "local-p", "hard", "coverage", "multihead"])
@@ -225,7 +195,7 @@ def test_tied_embeddings_share_one_matrix():
 def test_layer_normalised_decoder_ignores_the_scale_of_its_products(wiring):
     """Ba et al. (2016): each gate pre-activation is normalised, so scaling the decoder's input
     and recurrent weights leaves every state unchanged (without layer norm it does not); the
-    search path (one step at a time, the gate table) still equals teacher forcing."""
+    search path (one step at a time) still equals teacher forcing."""
     src, lengths = padded_batch()
     tgt_in = torch.randint(4, 30, (3, 6))
 
@@ -237,9 +207,8 @@ def test_layer_normalised_decoder_ignores_the_scale_of_its_products(wiring):
                 norm.bias.uniform_(-0.5, 0.5)  # not the identity LN of a fresh model
             before, weights = model(src, lengths, tgt_in)
             memory, state = model.encode(src, lengths)
-            table = products.for_inference()  # the search path: the gate table
             for t in range(6):
-                x = model.decoder.embed_inputs(tgt_in[:, t], table)
+                x = model.decoder.embed_inputs(tgt_in[:, t])
                 state, w = model.decoder.step(x, state, memory, t)
                 assert torch.allclose(state.feed, before[:, t], atol=1e-5)
                 assert torch.allclose(w, weights[:, t], atol=1e-5)

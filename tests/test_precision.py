@@ -19,7 +19,7 @@ from nmt.config import from_dict, to_dict
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
 from nmt.errors import UsageError
-from nmt.fast import products
+from nmt.fast import int8
 from nmt.inference import translator as translator_module
 from nmt.inference.translator import load_translator
 from nmt.model.seq2seq import build_model
@@ -211,10 +211,10 @@ def test_bf16_beam_search_of_a_batch_equals_one_sentence_at_a_time(trained_run, 
 
 def test_auto_search_precision_is_the_fastest_available(monkeypatch, no_native_bf16):
     choose = translator_module.search_precision
-    monkeypatch.setattr(products, "int8_available", lambda: True)
+    monkeypatch.setattr(int8, "available", lambda: True)
     assert choose("auto", "cpu") == "int8"
     choose.cache_clear()
-    monkeypatch.setattr(products, "int8_available", lambda: False)
+    monkeypatch.setattr(int8, "available", lambda: False)
     assert choose("auto", "cpu") == "fp32"  # no int8, no native bf16
     assert choose("int8", "cpu") == "fp32"  # asked for, not available: a warning
     monkeypatch.setattr(numerics, "cpu_bf16", lambda: numerics.Bf16Support("bf16", 2.0))

@@ -1,17 +1,18 @@
-"""The fast layer, apart from the model that reads as the paper. Its pieces:
+"""The fast layer, apart from the model that reads as the paper. Its pieces, each kept because
+it pays at least 5% on top of bf16 products (docs/performance.md):
 
-  products  packed weights for the products of a step loop, and in training one product for
-            each weight's gradient over all steps (`nmt.fast.products`, the only user of torch's
-            private oneDNN and 8-bit operators, each behind a probe);
-  kernels   fused element-wise operators, PyTorch custom operators in C++ (`nmt.fast.kernels`):
-            the additive score, the decoder's LSTM cell, the cross-entropy with its gradient;
-  gates     in search, each target token's contribution to the decoder's gates, looked up in a
-            table made once instead of a product per step (`Decoder.embed_inputs`);
-  rows      teacher forcing that drops ended rows from later steps (`nmt.fast.rows`).
+  kernels   the decoder's LSTM cell and the cross-entropy with its gradient as fused C++
+            operators registered with `torch.library` (`nmt.fast.kernels`); training builds the
+            model with them (`build_model(..., kernels.FUSED)`);
+  int8      a search's weight products with 8-bit weights (`nmt.fast.int8`), which a translator
+            passes to the model's search steps in `decode.precision: int8` (and `auto`).
 
-`NMT_FAST` says which run: unset or 1, all of them; 0, none (the plain PyTorch model, which the
-fast paths are tested against: the test suite runs both ways); or a comma-separated list of the
-pieces that run (`NMT_FAST=products,kernels`). Set it before nmt starts; it is read once.
+The model (`nmt.model`) imports nothing from here: it computes through
+`nmt.model.operations`, and whoever builds or runs it chooses the implementation.
+
+`NMT_FAST` says which pieces run: unset or 1, all of them; 0, none (the plain PyTorch model,
+which the fast paths are tested against: the test suite runs both ways); or a comma-separated
+list of the pieces that run (`NMT_FAST=kernels`). Set it before nmt starts; it is read once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 
 log = logging.getLogger(__name__)
 
-PIECES = ("products", "kernels", "gates", "rows")
+PIECES = ("kernels", "int8")
 
 
 def _parse(value: str) -> frozenset[str]:

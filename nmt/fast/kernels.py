@@ -1,7 +1,7 @@
-"""Fused CPU operators (`kernels.cpp`), PyTorch custom operators built on first use.
+"""Fused CPU operators (`kernels.cpp`), PyTorch custom operators built on first use, and
+`FUSED`, the model's operations (`nmt.model.operations`) computed through them where they apply:
 
-    if kernels.usable(proj, q):
-        scores = kernels.additive_score(proj, q, v)      # (N, G, S), differentiable
+    model = build_model(cfg, src_vocab, tgt_vocab, kernels.FUSED)
     if kernels.usable(gates, c):
         h, c = kernels.lstm_cell(gates, c)                # (B, H) each, differentiable
     if kernels.usable(logits):
@@ -15,9 +15,10 @@ that concurrent first uses wait on. Their fake implementations (for torch.compil
 tensors) and autograd formulas are registered here with `torch.library`.
 
 Without a C++ compiler, or with the kernels switched off (`nmt.fast`), `usable` is False and
-callers use their plain PyTorch formula, which computes the same values (the tests hold the two
-to float32 rounding). The operators take float32 tensors on the CPU only; CUDA and autocast keep
-the plain formulas.
+`FUSED` computes the plain PyTorch formula, which gives the same values (the tests hold the two
+to float32 rounding). The operators compute in float32 on the CPU: under CPU autocast (bf16),
+autocast casts their inputs to float32 (`torch.library.register_autocast`); CUDA keeps the
+plain formulas.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 from nmt import fast, lock
 from nmt.machine import cache_dir, cpu_id
+from nmt.model.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +176,6 @@ def usable(*tensors: torch.Tensor) -> bool:
             and load())
 
 
-def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """proj (N, S, A), q (N, G, A), v (A,) -> (N, G, S) scores
-    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three.
-    With v (H, D), A = H x D: (N, G, S, H), the score of each head h over its features
-    [h D, (h + 1) D)."""
-    if v.dim() == 1:
-        return torch.ops.nmt.additive_score(proj, q, v.view(1, -1)).squeeze(3)
-    return torch.ops.nmt.additive_score(proj, q, v)
-
-
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
     c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); differentiable."""
@@ -204,28 +196,6 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) 
 
 def _register() -> None:
     """The operators' fake implementations and autograd formulas."""
-
-    @torch.library.register_fake("nmt::additive_score")
-    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return proj.new_empty(proj.size(0), q.size(1), proj.size(1), v.size(0))
-
-    @torch.library.register_fake("nmt::additive_score_backward")
-    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor, dscore: torch.Tensor
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.empty_like(proj), torch.empty_like(q),
-                proj.new_empty(proj.size(0), proj.size(2)))
-
-    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, dscore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        proj, q, v = ctx.saved_tensors
-        dproj, dq, dv_rows = torch.ops.nmt.additive_score_backward(proj, q, v, dscore)
-        dv = dv_rows.sum(0).view_as(v)  # (H, D): the rows' shares, summed in a fixed order
-        return dproj, dq, dv
-
-    torch.library.register_autograd("nmt::additive_score", backward,
-                                    setup_context=setup_context)
 
     @torch.library.register_fake("nmt::lstm_cell")
     def _(gates: torch.Tensor, c: torch.Tensor
@@ -266,5 +236,25 @@ def _register() -> None:
 
     torch.library.register_autograd("nmt::cross_entropy", ce_backward, setup_context=ce_context)
 
-    for name in ("additive_score", "lstm_cell", "cross_entropy"):  # float32 under autocast
+    for name in ("lstm_cell", "cross_entropy"):  # float32 under autocast
         torch.library.register_autocast(f"nmt::{name}", "cpu", torch.float32)
+
+
+class Fused(Operations):
+    """The model's LSTM cell and cross-entropy through the fused operators where `usable`,
+    else the formulas of `Operations`."""
+
+    def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        if usable(gates, c):
+            return lstm_cell(gates, c)
+        return super().lstm_cell(gates, c)
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor,
+                      label_smoothing: float) -> torch.Tensor:
+        if usable(logits):  # the gradient comes out of the same pass
+            return cross_entropy(logits, target, label_smoothing)
+        return super().cross_entropy(logits, target, label_smoothing)
+
+
+FUSED = Fused()

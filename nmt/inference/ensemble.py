@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nmt.fast.products import PLAIN, Products
+from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
 

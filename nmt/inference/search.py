@@ -3,8 +3,8 @@ them), batched over sentences (and beams). Sentences that finish leave the batch
 remaining steps cost less.
 
 Shapes: B sentences, K beam size, S source length, V target vocabulary, H decoder size.
-`products` says how the decoder's weight products run (`nmt.fast.products.for_inference`: packed
-once for all steps and batches); plain F.linear by default.
+`products` says how the decoder's weight products run (`nmt.model.operations.Products`: F.linear
+by default; a translator's 8-bit products, `nmt.fast.int8`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from nmt.data.tokenizer import BOS, EOS
 from nmt.errors import UsageError
-from nmt.fast.products import PLAIN, Products
+from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
 Model = Seq2Seq  # or nmt.inference.ensemble.Ensemble: the same encode and decode_step

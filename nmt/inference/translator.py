@@ -20,10 +20,10 @@ from nmt.data.corpus import normalize
 from nmt.data.tokenizer import EOS, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import CheckpointError, UsageError
-from nmt.fast import products
-from nmt.fast.products import Products
+from nmt.fast import int8, kernels
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
+from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class Translation:
 class Translator:
     """Wraps a model and its tokenizer; `from_checkpoint` needs nothing but the checkpoint.
 
-    Its searches run in `decode.precision` (`search_precision`), pack the model's weights once,
-    at first use, and keep the packs (8-bit ones in int8): the weights must not change while a
+    Its searches run in `decode.precision` (`search_precision`); in int8 they quantize the
+    model's weights once, at first use, and keep them: the weights must not change while a
     translator is in use (validation makes a new one each time)."""
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer, decode: DecodeConfig,
@@ -54,18 +54,19 @@ class Translator:
         self.device = device
         self.path = path  # the checkpoint it was loaded from, if any
         self.config, self.step = config, step  # that checkpoint's config and update count
-        self._products: dict[bool, Products] = {}  # by int8
+        self._int8: Products | None = None  # made at the first int8 search
 
     def precision(self) -> str:
         """What the searches run in: 'fp32', 'bf16' or 'int8' (`decode.precision` here)."""
         return search_precision(self.decode.precision, self.device.type)
 
     def products(self) -> Products:
-        """The searches' weight products (`nmt.fast.products.for_inference`), made once."""
-        int8 = self.precision() == "int8"
-        if int8 not in self._products:
-            self._products[int8] = products.for_inference(int8)
-        return self._products[int8]
+        """The searches' weight products: 8-bit ones in int8 (`nmt.fast.int8`), made once."""
+        if self.precision() != "int8":
+            return PLAIN
+        if self._int8 is None:
+            self._int8 = int8.products()
+        return self._int8
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")
@@ -74,7 +75,8 @@ class Translator:
         try:
             cfg = from_dict(data["config"], f"{path} (config)")
             tok = Tokenizer(data["tokenizer"]["src"], data["tokenizer"]["tgt"])
-            model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size)
+            model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size,
+                                kernels.FUSED)
             model.load_state_dict(data["model"])
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -142,14 +144,14 @@ class Translator:
 @functools.cache
 def search_precision(setting: str, device_type: str) -> str:
     """`decode.precision` on a device kind -> 'fp32', 'bf16' or 'int8', logged once. auto is,
-    on a CPU, int8 where the fast layer's 8-bit products work (BLEU within rounding of fp32's,
+    on a CPU, int8 where the fast layer's 8-bit products work (BLEU within 0.1 of fp32's,
     docs/performance.md), else bf16 where the CPU computes it natively, else fp32; on CUDA, fp32."""
     if device_type != "cpu":
         if setting == "int8":
             log.warning("decode.precision: int8 runs on a CPU; searching in fp32 on %s",
                         device_type)
         return "bf16" if setting == "bf16" else "fp32"
-    if setting in ("auto", "int8") and products.int8_available():
+    if setting in ("auto", "int8") and int8.available():
         log.info("decode.precision: int8%s", " (auto)" if setting == "auto" else "")
         return "int8"
     if setting == "int8":

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.fast.products import PLAIN, Products
+from nmt.model.operations import PLAIN, Products
 from nmt.model.scores import AdditiveScore, Score, build_score
 
 TYPES = ("none", "global", "local-m", "local-p", "hard")
@@ -51,7 +51,7 @@ class Memory:
     proj: torch.Tensor | None  # (N, S, ...) keys projected once per batch (None if unused)
     mask: torch.Tensor  # (N, S) True on real source tokens
     group: int = 1  # query rows per memory row: B = N x group
-    products: Products = PLAIN  # how this batch's weight products run (nmt.fast.products)
+    products: Products = PLAIN  # how this batch's weight products run (a search's choice)
 
     def select(self, index: torch.Tensor) -> Memory:
         """Memory rows `index` (N',), e.g. to drop finished sentences."""

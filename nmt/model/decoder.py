@@ -26,12 +26,12 @@ With `model.attention.coverage`, the state also carries the sum of the attention
 
 `embed_inputs` computes the W_x y part for many steps at once (one matrix product for the whole
 target in training); `step` does the rest of one step and is the only path, used by teacher
-forcing (`forward`, and `real_tokens`, which skips the rows whose target has ended) and by search
-alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6) lives in the model, so training can
-apply it once to all steps.
+forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6)
+lives in the model, so training can apply it once to the real tokens of all steps.
 
 Each step's weight products run as `memory.products.linear(x, W)`, x W^T, where the caller of
-the loop chose how (`nmt.fast.products`: plain F.linear, packed, 8-bit).
+the loop chose how (`nmt.model.operations.Products`: F.linear, or a search's 8-bit products), and
+the cell's update as `operations.lstm_cell`, given when the model is built.
 """
 
 from __future__ import annotations
@@ -41,22 +41,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nmt import fast
 from nmt.data.tokenizer import PAD
-from nmt.fast import kernels, products
-from nmt.fast.products import PLAIN, Products
-from nmt.fast.rows import Prefixes
 from nmt.model.attention import Attention, Memory
-
-TABLE_LIMIT = 1 << 25  # most floats in the per-token gate table of a search (128 MiB)
-
-
-def skips_ended_rows(device: torch.device) -> bool:
-    """Whether teacher forcing drops the rows whose target has ended from later steps (the
-    fast layer's `rows`): on a CPU in float32, where a step's time grows with its rows; not on
-    a GPU, where it goes to launching kernels, which dropping rows multiplies, nor in bfloat16,
-    where products of a new shape at every step cost more than the rows they save."""
-    return device.type == "cpu" and fast.on("rows") and not torch.is_autocast_enabled("cpu")
+from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
 
 
 @dataclass
@@ -71,17 +58,14 @@ class DecoderState:
         return DecoderState(self.h.index_select(1, index), self.c.index_select(1, index),
                             self.feed.index_select(0, index), coverage)
 
-    def narrow(self, n: int) -> DecoderState:
-        """The first n rows (those of a batch whose other rows have ended)."""
-        coverage = None if self.coverage is None else self.coverage[:n]
-        return DecoderState(self.h[:, :n], self.c[:, :n], self.feed[:n], coverage)
-
 
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, emb_size: int, hidden_size: int, layers: int,
                  dropout: float, input_feeding: bool, wiring: str,
-                 attention: Attention, layer_norm: bool = False) -> None:
+                 attention: Attention, layer_norm: bool = False,
+                 operations: Operations = PLAIN_OPERATIONS) -> None:
         super().__init__()
+        self.operations = operations
         if wiring not in ("luong", "bahdanau"):
             raise ValueError(f"unknown decoder wiring {wiring!r}")
         self.hidden_size = hidden_size
@@ -114,39 +98,19 @@ class Decoder(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def embed_inputs(self, y: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
-        """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates.
-        In search, with products that keep values (`nmt.fast.products.for_inference`), each
-        token's contribution is computed once, for the whole vocabulary, and each step looks
-        its rows up instead of multiplying."""
-        if not (self.training or torch.is_grad_enabled()) and fast.on("gates"):
-            table = products.kept(self.embed.weight, "gates", self._gate_table)  # (V, 4H)
-            if table is not None:
-                return table[y]
+        """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates."""
         emb = self.dropout(self.embed(y))  # (..., E)
-        return self._input_gates(products.linear(emb, self.input_layer.weight))
-
-    def _input_gates(self, wx: torch.Tensor) -> torch.Tensor:
-        """(..., 4H) W_x y -> W_x y + b, or LN(W_x y) + b."""
-        if self.layer_norm:
-            wx = self.input_norm(wx)
-        return wx + self.input_layer.bias
-
-    def _gate_table(self) -> torch.Tensor | None:
-        """(V, 4H) every token's contribution to the gates; None if larger than TABLE_LIMIT."""
-        weight = self.embed.weight
-        if weight.size(0) * self.input_layer.out_features > TABLE_LIMIT:
-            return None
-        return self._input_gates(weight @ self.input_layer.weight.t())
+        wx = products.linear(emb, self.input_layer.weight)  # (..., 4H) W_x y
+        return (self.input_norm(wx) if self.layer_norm else wx) + self.input_layer.bias  # + b
 
     def _cell(self, gates: torch.Tensor, c: torch.Tensor, layer: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H)."""
-        if not self.layer_norm and kernels.usable(gates, c):
-            return kernels.lstm_cell(gates, c)  # the same, fused
+        if not self.layer_norm:
+            return self.operations.lstm_cell(gates, c)
         i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        shown = self.cell_norm[layer](c) if self.layer_norm else c
-        return torch.sigmoid(o) * torch.tanh(shown), c
+        return torch.sigmoid(o) * torch.tanh(self.cell_norm[layer](c)), c
 
     def step(self, x: torch.Tensor, state: DecoderState, memory: Memory,
              t: int = 0) -> tuple[DecoderState, torch.Tensor]:
@@ -180,45 +144,10 @@ class Decoder(nn.Module):
     def forward(self, tgt_in: torch.Tensor, state: DecoderState,
                 memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: tgt_in (B, T) -> attentional states (B, T, H), weights (B, T, S)."""
-        x = self.embed_inputs(tgt_in)  # (B, T, 4H), one product for all steps
-        outputs, weights = self._steps(x.unbind(1), state, memory)  # unbind: one backward node
-        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)
-
-    def real_tokens(self, tgt_in: torch.Tensor, tgt_len: torch.Tensor, state: DecoderState,
-                    memory: Memory) -> torch.Tensor:
-        """Teacher forcing over real tokens only, for a batch sorted longest target first:
-        tgt_in (B, T), tgt_len (B,) non-increasing -> attentional states (N, H) of the
-        N = sum(tgt_len) real positions, time-major (step 0 of every row, then step 1, ...).
-        Where `skips_ended_rows`, step t runs only the rows whose target is longer than t."""
-        if bool((tgt_len[1:] > tgt_len[:-1]).any()):
-            raise ValueError("real_tokens needs rows sorted by target length, longest first")
-        steps = torch.arange(int(tgt_len.max()), device=tgt_len.device)
-        real = steps.unsqueeze(1) < tgt_len.unsqueeze(0)  # (T', B), T' <= T
-        if not skips_ended_rows(tgt_in.device):  # every step on all rows: teacher forcing
-            att, _ = self(tgt_in[:, :len(steps)], state, memory)  # (B, T', H)
-            return att.transpose(0, 1)[real]  # (N, H)
-        x = self.embed_inputs(tgt_in.t()[:len(steps)][real])  # (N, 4H), time-major
-        outputs, _ = self._steps(x.split(real.sum(dim=1).tolist()), state, memory)
-        return torch.cat(outputs)
-
-    def _steps(self, xs: tuple[torch.Tensor, ...], state: DecoderState, memory: Memory
-               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Runs step t on the first xs[t].size(0) rows (a non-increasing number) ->
-        attentional states and weights of each step."""
-        keys = Prefixes(memory.keys)  # per-step row prefixes, one gradient buffer each
-        proj = None if memory.proj is None else Prefixes(memory.proj)
-        loop = products.for_loop()  # weights packed once, their gradients one product each
-        rows = 0
+        x = self.embed_inputs(tgt_in, memory.products)  # (B, T, 4H), one product for all steps
         outputs, weights = [], []
-        for t, x_t in enumerate(xs):
-            n = x_t.size(0)
-            if n != rows:
-                rows = n
-                if n < state.feed.size(0):
-                    state = state.narrow(n)
-                step_memory = Memory(keys(n), None if proj is None else proj(n),
-                                     memory.mask[:n], memory.group, loop)
-            state, w = self.step(x_t, state, step_memory, t)
+        for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node
+            state, w = self.step(x_t, state, memory, t)
             outputs.append(state.feed)
             weights.append(w)
-        return outputs, weights
+        return torch.stack(outputs, dim=1), torch.stack(weights, dim=1)

@@ -3,7 +3,7 @@
     proj = score.project(keys)                   # once per batch (None: nothing to precompute)
     scores = score(query, keys, proj, products)  # per target step, (B, S), before any masking
 
-`products.linear(x, W)` is x W^T, run as the caller chose (`nmt.fast.products`).
+`products.linear(x, W)` is x W^T, run as the caller chose (`nmt.model.operations.Products`).
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
 A size of the additive scorer, H its heads. Keys have N = B / g rows, each shared by g
@@ -17,8 +17,7 @@ import abc
 import torch
 from torch import nn
 
-from nmt.fast import kernels
-from nmt.fast.products import PLAIN, Products
+from nmt.model.operations import PLAIN, Products
 
 
 class Score(nn.Module, abc.ABC):
@@ -46,8 +45,7 @@ class AdditiveScore(Score):
     2 sigmoid(2z) - 1, and the constant sum(v), the same for every j, leaves the attention
     weights unchanged (softmax, argmax and the window of local attention ignore it). On a CPU,
     sigmoid is cheaper than tanh, and this is the largest element-wise operation of a
-    decoder step, (B, S, A): on float32 CPU tensors it runs as one fused kernel
-    (`nmt.fast.kernels.additive_score`). `project` returns 2 U k_j.
+    decoder step, (B, S, A). `project` returns 2 U k_j.
 
     With `heads` H, the A features form H slices of A / H, and `per_head` gives each head h
     its own score v_h^T tanh(W_h q + U_h k_j) over its slice (multi-head additive attention,
@@ -77,14 +75,12 @@ class AdditiveScore(Score):
         each head (the keys themselves are not read)."""
         n, s, a, h = proj.size(0), proj.size(-2), self.v.in_features, self.heads
         q = 2 * products.linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
-        v = self.v.weight.view(h, a // h)  # (H, A / H): v_h
-        if proj.dim() == 3 and kernels.usable(proj, q):  # fused: one pass, no (N, g, S, A)
-            return kernels.additive_score(proj, q, v).view(-1, s, h)
         if proj.dim() == 3:
             proj = proj.unsqueeze(1)  # (N, 1, S, A), or (N, g, S, A) as given
         y = torch.sigmoid(proj + q.unsqueeze(2))  # (N, g, S, A)
         if h == 1:
             return 2 * products.linear(y, self.v.weight).view(-1, s, 1)  # (B, S, 1)
+        v = self.v.weight.view(h, a // h)  # (H, A / H): v_h
         return 2 * (y.unflatten(3, (h, a // h)) * v).sum(4).view(-1, s, h)  # (B, S, H)
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
-from nmt.fast import kernels
-from nmt.fast.products import PLAIN, Products
 from nmt.model.attention import Memory, at_least_float32, build_attention
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
+from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
 
 
 class Bridge(nn.Module):
@@ -72,21 +70,13 @@ class Seq2Seq(nn.Module):
 
     def loss(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor,
              tgt_out: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over non-padding target tokens, and their number. The batch is
-        put in order of target length, so that the decoder's steps skip ended rows, and the
-        output layer runs once, over the real tokens of all steps."""
-        tgt_len = (tgt_out != PAD).sum(dim=1)  # (B,)
-        order = torch.argsort(tgt_len, descending=True, stable=True)  # longest target first
-        src, tgt_in, tgt_out, tgt_len = src[order], tgt_in[order], tgt_out[order], tgt_len[order]
-        memory, state = self.encode(src, src_len[order.to(src_len.device)])
-        att = self.decoder.real_tokens(tgt_in, tgt_len, state, memory)  # (N, H)
-        gold = tgt_out.t()[tgt_out.t() != PAD]  # (N,), time-major as att
-        logits = self.generator(att)  # (N, V)
-        if kernels.usable(logits):  # fused: the gradient comes out of the same pass
-            loss = kernels.cross_entropy(logits, gold, label_smoothing)
-        else:
-            loss = F.cross_entropy(logits, gold, reduction="sum", label_smoothing=label_smoothing)
-        return loss, gold.numel()
+        """Summed cross-entropy over non-padding target tokens, and their number; the output
+        layer runs once, over the N real tokens of all steps."""
+        att, _ = self(src, src_len, tgt_in)  # (B, T, H)
+        real = tgt_out != PAD  # (B, T)
+        logits = self.generator(att[real])  # (N, V)
+        gold = tgt_out[real]  # (N,)
+        return self.decoder.operations.cross_entropy(logits, gold, label_smoothing), gold.numel()
 
     def log_probs(self, att: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
         """(B, H) attentional states -> (B, V) log-probabilities of the next token, in float32
@@ -104,8 +94,10 @@ class Seq2Seq(nn.Module):
         return state, weights, self.log_probs(state.feed, products)
 
 
-def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
-    """Builds the model described by `model` in the config."""
+def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
+                operations: Operations = PLAIN_OPERATIONS) -> Seq2Seq:
+    """Builds the model described by `model` in the config; its LSTM cell and loss compute
+    through `operations` (`nmt.model.operations`: the formulas as written by default)."""
     encoder = Encoder(src_vocab, cfg.emb_size, cfg.hidden_size, cfg.enc_layers, cfg.dropout)
     key_size = encoder.output_size
     a = cfg.attention
@@ -113,7 +105,7 @@ def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
                                 size=a.size, window=a.window, temperature=a.temperature,
                                 coverage=a.coverage, heads=a.heads)
     decoder = Decoder(tgt_vocab, cfg.emb_size, cfg.decoder_size, cfg.dec_layers, cfg.dropout,
-                      cfg.input_feeding, a.wiring, attention, cfg.layer_norm)
+                      cfg.input_feeding, a.wiring, attention, cfg.layer_norm, operations)
     generator = nn.Linear(cfg.decoder_size, tgt_vocab, bias=False)
     if cfg.tie_embeddings:
         generator.weight = decoder.embed.weight

@@ -9,6 +9,7 @@ import torch
 
 from nmt.config import ModelConfig
 from nmt.errors import NmtError
+from nmt.model.operations import PLAIN_OPERATIONS, Operations
 from nmt.model.seq2seq import Seq2Seq, build_model, count_parameters
 
 # Bytes per fp32 parameter while training: the weight, its gradient and Adam's two moments.
@@ -46,10 +47,10 @@ def _sizes(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> str:
             f"{cfg.decoder_size}, vocabularies {src_vocab}/{tgt_vocab}")
 
 
-def allocate_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
-                   device: torch.device) -> Seq2Seq:
-    """Builds the model on `device` once its training memory is known to fit there; a failed
-    allocation becomes an `OutOfMemory` too."""
+def allocate_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, device: torch.device,
+                   operations: Operations = PLAIN_OPERATIONS) -> Seq2Seq:
+    """Builds the model (computing through `operations`) on `device` once its training memory
+    is known to fit there; a failed allocation becomes an `OutOfMemory` too."""
     with torch.device("meta"):  # shapes only, no memory
         params = count_parameters(build_model(cfg, src_vocab, tgt_vocab))
     need, have = params * TRAINING_BYTES, available_bytes(device)
@@ -59,7 +60,7 @@ def allocate_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
                           f"{device.type} has {have / 2**30:,.1f} GiB available "
                           f"({_sizes(cfg, src_vocab, tgt_vocab)})")
     try:
-        return build_model(cfg, src_vocab, tgt_vocab).to(device)
+        return build_model(cfg, src_vocab, tgt_vocab, operations).to(device)
     except (MemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise

@@ -1,0 +1,41 @@
+"""The operations that a faster implementation may replace without the model knowing it, as the
+model writes them:
+
+    Operations   the LSTM cell's update and the summed cross-entropy of training; `build_model`
+                 takes another implementation that computes the same values (the fast layer's
+                 fused kernels, `nmt.fast.kernels.FUSED`)
+    Products     the weight products x W^T of a search's steps; `Seq2Seq.encode` and
+                 `decode_step` take another implementation (the fast layer's 8-bit products,
+                 `nmt.fast.int8`)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class Operations:
+    def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
+            c' = sigmoid(f) * c + sigmoid(i) * tanh(g),  h' = sigmoid(o) * tanh(c')
+        (Hochreiter and Schmidhuber 1997, with the forget gate of Gers et al. 2000)."""
+        i, f, g, o = gates.chunk(4, dim=1)  # each (B, H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor,
+                      label_smoothing: float) -> torch.Tensor:
+        """logits (N, V), target (N,) -> the summed cross-entropy, label-smoothed."""
+        return F.cross_entropy(logits, target, reduction="sum", label_smoothing=label_smoothing)
+
+
+class Products:
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
+        return F.linear(x, weight)
+
+
+PLAIN_OPERATIONS = Operations()
+PLAIN = Products()
