@@ -52,12 +52,20 @@ _IMPORT = re.compile(r"\b(from|import) nmt\b")
 
 def import_old(checkout: Path, folder: Path):
     """The checkout's package as `nmt_old` -> its (config, seq2seq, train, translator,
-    tokenizer) modules."""
+    tokenizer) modules. Its C++ operators move to the namespace `nmt_old`, so that both
+    checkouts' operators can be registered in one process."""
     target = folder / "nmt_old"
     shutil.copytree(checkout / "nmt", target)
     for path in target.rglob("*.py"):
         text = _IMPORT.sub(r"\1 nmt_old", path.read_text())
-        path.write_text(text.replace('"nmt.kernels', '"nmt_old.kernels'))
+        text = text.replace('"nmt.kernels', '"nmt_old.kernels').replace("torch.ops.nmt.",
+                                                                         "torch.ops.nmt_old.")
+        path.write_text(text.replace('"nmt::', '"nmt_old::').replace(
+            'name="nmt_kernels"', 'name="nmt_old_kernels"').replace(
+            "nmt_kernels.so", "nmt_old_kernels.so").replace('f"nmt::', 'f"nmt_old::'))
+    for path in target.rglob("*.cpp"):
+        path.write_text(re.sub(r"TORCH_LIBRARY(_IMPL)?\(nmt,", r"TORCH_LIBRARY\1(nmt_old,",
+                               path.read_text()))
     sys.path.insert(0, str(folder))
     return [importlib.import_module(f"nmt_old.{m}") for m in
             ("config", "model.seq2seq", "train", "inference.translator", "data.tokenizer")]

@@ -1,4 +1,5 @@
-"""The fast layer's fused kernels (`nmt.fast.kernels.FUSED`: the LSTM cell, the cross-entropy)
+"""The fast layer's fused kernels (`nmt.fast.kernels.FUSED`: the additive score, the LSTM cell,
+the cross-entropy)
 against the plain PyTorch model that `NMT_FAST=0` runs, in one process, with a count of the
 kernels' calls, so that a build that failed cannot compare plain with plain. Stated tolerance:
 the loss within 1e-5 relative, every gradient within 1e-4 relative (1e-6 absolute),
@@ -39,7 +40,7 @@ def switch(monkeypatch, on: bool) -> None:
 def calls(monkeypatch) -> list[str]:
     """The names of the fused kernels called, in order."""
     made: list[str] = []
-    for name in ("lstm_cell", "cross_entropy"):
+    for name in ("additive_score", "lstm_cell", "cross_entropy"):
         kernel = getattr(kernels, name)
         monkeypatch.setattr(kernels, name,
                             lambda *a, _k=kernel, _n=name: made.append(_n) or _k(*a))
@@ -70,8 +71,10 @@ def test_a_training_step_is_the_same_with_and_without_the_fast_layer(kind, layer
     model.train(kind != "hard")
     batch = toy_batch()
     quick = loss_and_grads(model, batch, True, monkeypatch)
-    ran = set(calls)  # layer norm has its own cell: only the loss is fused
-    assert ran == ({"cross_entropy"} if extra else {"lstm_cell", "cross_entropy"}), ran
+    ran = set(calls)  # layer norm has its own cell; `none` has no score, coverage its own
+    fused = {"cross_entropy"} | ({"additive_score"} if kind not in ("none", "coverage")
+                                 else set())
+    assert ran == fused | (set() if extra else {"lstm_cell"}), ran
     calls.clear()
     plain = loss_and_grads(model, batch, False, monkeypatch)
     assert not calls
@@ -94,7 +97,7 @@ def test_translations_are_the_same_with_and_without_the_fast_layer(trained_run, 
 
     switch(monkeypatch, True)
     quick = translate()
-    assert set(calls) == {"lstm_cell"}  # search: the cell (no loss)
+    assert set(calls) == {"additive_score", "lstm_cell"}  # search: no loss
     calls.clear()
     switch(monkeypatch, False)
     plain = translate()

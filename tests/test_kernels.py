@@ -16,11 +16,106 @@ from conftest import fast_only, padded_batch, small_model
 pytestmark = fast_only
 
 
-def test_the_operators_refuse_what_they_cannot_compute():
-    """A wrong dtype raises torch's one-line error, not a wrong result."""
+def _formula(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The additive score in float64: 2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), (N, G, S);
+    with v (H, D), each head's sum over its D features, (N, G, S, H)."""
+    y = torch.sigmoid(proj.unsqueeze(1) + q.unsqueeze(2))  # (N, G, S, A)
+    if v.dim() == 1:
+        return 2 * (y @ v)
+    return 2 * (y.unflatten(3, tuple(v.shape)) * v).sum(4)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("n,g,s,a,heads", [(3, 1, 5, 16, 0), (2, 5, 7, 13, 0), (1, 1, 1, 8, 0),
+                                           (4, 2, 3, 1, 0), (3, 2, 5, 16, 4), (2, 3, 4, 15, 3),
+                                           (2, 1, 3, 6, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_additive_score_and_gradients_equal_the_formula(n, g, s, a, heads, threads):
+    """Forward and all three gradients, for groups of queries, feature counts that are not a
+    multiple of the vector width, z from -60 to 60, where sigmoid saturates, and v as one
+    vector (heads 0) or as one per head, (H, A / H)."""
+    assert kernels.load(), "the C++ compiler could not build nmt/fast/kernels.cpp"
+    torch.set_num_threads(threads)
+    torch.manual_seed(n * 100 + g * 10 + a)
+    proj, q = torch.randn(n, s, a) * 20, torch.randn(n, g, a) * 20
+    v = torch.randn(a) if heads == 0 else torch.randn(heads, a // heads)
+    leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
+    exact = [t.double().requires_grad_() for t in (proj, q, v)]
+    shape = (n, g, s) if heads == 0 else (n, g, s, heads)
+    dscore = torch.randn(shape)
+    fused = kernels.additive_score(*leaves)
+    fused.backward(dscore)
+    reference = _formula(*exact)
+    reference.backward(dscore.double())
+    assert fused.shape == shape
+    assert _rel(fused.detach(), reference.detach()) < 1e-6
+    for leaf, ref in zip(leaves, exact):
+        assert _rel(leaf.grad, ref.grad) < 1e-5
+
+
+def test_additive_score_is_finite_and_exact_at_the_extremes():
+    """exp is clamped: z of +-1e4 gives sigmoid 1 and 0, never inf or NaN."""
+    proj = torch.tensor([[[1e4, -1e4, 88.5, -88.5, 0.0, 30.0, -30.0, 1e-3]]])  # (1, 1, 8)
+    q, v = torch.zeros(1, 1, 8), torch.ones(8)
+    score = kernels.additive_score(proj, q, v)
+    assert torch.allclose(score.double(), _formula(proj.double(), q.double(), v.double()),
+                          rtol=1e-6)
+
+
+def test_additive_score_gradients_stay_finite_where_sigmoid_saturates():
+    """At z = -100, exp(-z) is clamped near 1.7e38: the backward pass must form
+    exp(-z) sigmoid(z) = 1 - sigmoid(z) before scaling it, or a weight above 1 overflows."""
+    proj = torch.tensor([[[-100.0, 100.0, 0.0, 3.0]]], requires_grad=True)  # (1, 1, 4)
+    q = torch.zeros(1, 1, 4, requires_grad=True)
+    v = torch.full((4,), 4.0, requires_grad=True)
+    kernels.additive_score(proj, q, v).sum().backward()
+    exact = [t.detach().double().requires_grad_() for t in (proj, q, v)]
+    _formula(*exact).sum().backward()
+    for leaf, ref in zip((proj, q, v), exact):
+        assert torch.isfinite(leaf.grad).all()
+        assert torch.allclose(leaf.grad.double(), ref.grad, rtol=1e-5, atol=1e-30)
+
+
+def test_additive_score_gradients_are_the_same_on_any_thread_count():
+    """Each key row's share of dv is summed in a fixed order: runs on 1 and 2 threads agree bit
+    for bit, as do repeated runs."""
+    torch.manual_seed(3)
+    proj, q, v = torch.randn(8, 9, 40), torch.randn(8, 3, 40), torch.randn(40)
+    grads = []
+    for threads in (2, 1, 2):
+        torch.set_num_threads(threads)
+        leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
+        kernels.additive_score(*leaves).sum().backward()
+        grads.append([t.grad for t in leaves])
+    assert all(torch.equal(x, y) for later in grads[1:] for x, y in zip(grads[0], later))
+
+
+@pytest.mark.parametrize("n,g,s,a,heads", [(3, 1, 5, 16, 1), (2, 5, 7, 13, 1), (2, 3, 4, 12, 4)])
+def test_the_operators_pass_torch_library_opcheck(n, g, s, a, heads):
+    """Schema, fake (meta) implementation, autograd registration and dispatch, as torch.library
+    checks them: for the score and for its backward operator."""
+    assert kernels.load(), "the C++ compiler could not build nmt/fast/kernels.cpp"
+    torch.manual_seed(n + g + s + a)
+    proj, q = torch.randn(n, s, a), torch.randn(n, g, a)
+    v = torch.randn(heads, a // heads)
+    leaves = [t.clone().requires_grad_() for t in (proj, q, v)]
+    torch.library.opcheck(torch.ops.nmt.additive_score.default, tuple(leaves))
+    torch.library.opcheck(torch.ops.nmt.additive_score.default, (proj, q, v))
+    torch.library.opcheck(torch.ops.nmt.additive_score_backward.default,
+                          (proj, q, v, torch.randn(n, g, s, heads)))
+
+
+def test_the_operator_refuses_what_it_cannot_compute():
+    """Wrong dtype or disagreeing shapes raise torch's one-line error, not a wrong result."""
     kernels.load()
+    proj, q, v = torch.randn(2, 3, 4), torch.randn(2, 1, 4), torch.randn(4)
     with pytest.raises(RuntimeError, match="float32"):
-        torch.ops.nmt.lstm_cell(torch.randn(2, 8).double(), torch.randn(2, 2).double())
+        kernels.additive_score(proj.double(), q.double(), v.double())
+    with pytest.raises(RuntimeError, match="disagree"):
+        kernels.additive_score(proj, torch.randn(2, 1, 5), v)
 
 
 @pytest.mark.parametrize("wiring,layers", [("luong", 1), ("bahdanau", 2)])
@@ -65,7 +160,7 @@ def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, cap
             return real(*args)
         return counted
 
-    for name in ("lstm_cell", "cross_entropy"):
+    for name in ("additive_score", "lstm_cell", "cross_entropy"):
         monkeypatch.setattr(kernels, name, spy(name))
 
     def run() -> list[torch.Tensor]:
@@ -77,7 +172,7 @@ def test_without_a_compiler_the_plain_formula_is_used(monkeypatch, tmp_path, cap
         return [loss.detach()] + [p.grad for p in model.parameters()]
 
     fused = run()
-    assert set(calls) == {"lstm_cell", "cross_entropy"}  # the reference
+    assert set(calls) == {"additive_score", "lstm_cell", "cross_entropy"}  # the reference
     calls.clear()
 
     monkeypatch.setattr(kernels, "_loaded", None)  # as in a new process

@@ -1,9 +1,10 @@
 """The fast layer, apart from the model that reads as the paper. Its pieces, each kept because
-it pays at least 5% on top of bf16 products (docs/performance.md):
+it pays at least 5% on top of bf16 in training or in the default search (docs/performance.md):
 
-  kernels   the decoder's LSTM cell and the cross-entropy with its gradient as fused C++
-            operators registered with `torch.library` (`nmt.fast.kernels`); training builds the
-            model with them (`build_model(..., kernels.FUSED)`);
+  kernels   the additive score, the decoder's LSTM cell and the cross-entropy with its gradient
+            as fused C++ operators registered with `torch.library` (`nmt.fast.kernels`);
+            training and translation build the model with them (`build_model(...,
+            kernels.FUSED)`);
   int8      a search's weight products with 8-bit weights (`nmt.fast.int8`), which a translator
             passes to the model's search steps in `decode.precision: int8` (and `auto`).
 

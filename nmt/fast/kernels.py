@@ -2,6 +2,8 @@
 `FUSED`, the model's operations (`nmt.model.operations`) computed through them where they apply:
 
     model = build_model(cfg, src_vocab, tgt_vocab, kernels.FUSED)
+    if kernels.usable(proj, q, v):
+        scores = kernels.additive_score(proj, q, v)      # (N, G, S, H), differentiable
     if kernels.usable(gates, c):
         h, c = kernels.lstm_cell(gates, c)                # (B, H) each, differentiable
     if kernels.usable(logits):
@@ -176,6 +178,16 @@ def usable(*tensors: torch.Tensor) -> bool:
             and load())
 
 
+def additive_score(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """proj (N, S, A), q (N, G, A), v (A,) -> (N, G, S) scores
+    2 sum_a v[a] sigmoid(proj[n, s, a] + q[n, g, a]), differentiable in all three.
+    With v (H, D), A = H x D: (N, G, S, H), the score of each head h over its features
+    [h D, (h + 1) D)."""
+    if v.dim() == 1:
+        return torch.ops.nmt.additive_score(proj, q, v.view(1, -1)).squeeze(3)
+    return torch.ops.nmt.additive_score(proj, q, v)
+
+
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gates (B, 4H) pre-activations in the order i, f, g, o, c (B, H) -> h', c' (B, H):
     c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'); differentiable."""
@@ -196,6 +208,28 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float = 0.0) 
 
 def _register() -> None:
     """The operators' fake implementations and autograd formulas."""
+
+    @torch.library.register_fake("nmt::additive_score")
+    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return proj.new_empty(proj.size(0), q.size(1), proj.size(1), v.size(0))
+
+    @torch.library.register_fake("nmt::additive_score_backward")
+    def _(proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor, dscore: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.empty_like(proj), torch.empty_like(q),
+                proj.new_empty(proj.size(0), proj.size(2)))
+
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, dscore: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        proj, q, v = ctx.saved_tensors
+        dproj, dq, dv_rows = torch.ops.nmt.additive_score_backward(proj, q, v, dscore)
+        dv = dv_rows.sum(0).view_as(v)  # (H, D): the rows' shares, summed in a fixed order
+        return dproj, dq, dv
+
+    torch.library.register_autograd("nmt::additive_score", backward,
+                                    setup_context=setup_context)
 
     @torch.library.register_fake("nmt::lstm_cell")
     def _(gates: torch.Tensor, c: torch.Tensor
@@ -236,13 +270,19 @@ def _register() -> None:
 
     torch.library.register_autograd("nmt::cross_entropy", ce_backward, setup_context=ce_context)
 
-    for name in ("lstm_cell", "cross_entropy"):  # float32 under autocast
+    for name in ("additive_score", "lstm_cell", "cross_entropy"):  # float32 under autocast
         torch.library.register_autocast(f"nmt::{name}", "cpu", torch.float32)
 
 
 class Fused(Operations):
-    """The model's LSTM cell and cross-entropy through the fused operators where `usable`,
-    else the formulas of `Operations`."""
+    """The model's additive score, LSTM cell and cross-entropy through the fused operators
+    where `usable`, else the formulas of `Operations`."""
+
+    def additive_score(self, proj: torch.Tensor, q: torch.Tensor, v: torch.Tensor
+                       ) -> torch.Tensor:
+        if proj.dim() == 3 and usable(proj, q, v):  # one pass, no (N, G, S, A) tensor
+            return additive_score(proj, q, v)
+        return super().additive_score(proj, q, v)
 
     def lstm_cell(self, gates: torch.Tensor, c: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.model.operations import PLAIN, Products
+from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
 from nmt.model.scores import AdditiveScore, Score, build_score
 
 TYPES = ("none", "global", "local-m", "local-p", "hard")
@@ -274,9 +274,10 @@ Attention = GlobalAttention | NoAttention
 
 
 def build_attention(kind: str, score: str, query_size: int, key_size: int, size: int,
-                    window: int, temperature: float, coverage: bool, heads: int = 1
-                    ) -> Attention:
-    """The attention module for `model.attention` settings."""
+                    window: int, temperature: float, coverage: bool, heads: int = 1,
+                    operations: Operations = PLAIN_OPERATIONS) -> Attention:
+    """The attention module for `model.attention` settings; an additive score computes
+    through `operations`."""
     if coverage and (kind != "global" or score != "additive"):
         raise ValueError("coverage needs global attention with the additive score")
     if heads > 1 and (kind != "global" or score != "additive" or coverage):
@@ -284,7 +285,7 @@ def build_attention(kind: str, score: str, query_size: int, key_size: int, size:
                          "without coverage")
     if kind == "none":
         return NoAttention()
-    scorer = build_score(score, query_size, key_size, size, heads)
+    scorer = build_score(score, query_size, key_size, size, heads, operations)
     if kind == "global":
         if coverage:
             return CoverageAttention(scorer, key_size)

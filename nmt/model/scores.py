@@ -17,7 +17,7 @@ import abc
 import torch
 from torch import nn
 
-from nmt.model.operations import PLAIN, Products
+from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
 
 
 class Score(nn.Module, abc.ABC):
@@ -51,8 +51,10 @@ class AdditiveScore(Score):
     its own score v_h^T tanh(W_h q + U_h k_j) over its slice (multi-head additive attention,
     Chen et al. 2018); the single score is their sum."""
 
-    def __init__(self, query_size: int, key_size: int, size: int, heads: int = 1) -> None:
+    def __init__(self, query_size: int, key_size: int, size: int, heads: int = 1,
+                 operations: Operations = PLAIN_OPERATIONS) -> None:
         super().__init__()
+        self.operations = operations
         if size % heads:
             raise ValueError(f"the additive scorer's size {size} is not a multiple of its "
                              f"{heads} heads")
@@ -75,13 +77,8 @@ class AdditiveScore(Score):
         each head (the keys themselves are not read)."""
         n, s, a, h = proj.size(0), proj.size(-2), self.v.in_features, self.heads
         q = 2 * products.linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
-        if proj.dim() == 3:
-            proj = proj.unsqueeze(1)  # (N, 1, S, A), or (N, g, S, A) as given
-        y = torch.sigmoid(proj + q.unsqueeze(2))  # (N, g, S, A)
-        if h == 1:
-            return 2 * products.linear(y, self.v.weight).view(-1, s, 1)  # (B, S, 1)
         v = self.v.weight.view(h, a // h)  # (H, A / H): v_h
-        return 2 * (y.unflatten(3, (h, a // h)) * v).sum(4).view(-1, s, h)  # (B, S, H)
+        return self.operations.additive_score(proj, q, v).view(-1, s, h)  # (B, S, H)
 
 
 class DotScore(Score):
@@ -111,9 +108,10 @@ class GeneralScore(Score):
 SCORES = ("additive", "dot", "general")
 
 
-def build_score(kind: str, query_size: int, key_size: int, size: int, heads: int = 1) -> Score:
+def build_score(kind: str, query_size: int, key_size: int, size: int, heads: int = 1,
+                operations: Operations = PLAIN_OPERATIONS) -> Score:
     if kind == "additive":
-        return AdditiveScore(query_size, key_size, size, heads)
+        return AdditiveScore(query_size, key_size, size, heads, operations)
     if kind == "dot":
         return DotScore()
     if kind == "general":

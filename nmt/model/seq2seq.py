@@ -103,7 +103,7 @@ def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
     a = cfg.attention
     attention = build_attention(a.type, a.score, query_size=cfg.decoder_size, key_size=key_size,
                                 size=a.size, window=a.window, temperature=a.temperature,
-                                coverage=a.coverage, heads=a.heads)
+                                coverage=a.coverage, heads=a.heads, operations=operations)
     decoder = Decoder(tgt_vocab, cfg.emb_size, cfg.decoder_size, cfg.dec_layers, cfg.dropout,
                       cfg.input_feeding, a.wiring, attention, cfg.layer_norm, operations)
     generator = nn.Linear(cfg.decoder_size, tgt_vocab, bias=False)
