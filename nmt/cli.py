@@ -244,6 +244,8 @@ def _search_precision(precision: Optional[str], int8: bool) -> Optional[str]:
         raise UsageError(f"--int8 is --precision int8: drop one of --int8, --precision "
                          f"{precision}")
     return "int8" if int8 else precision
+
+
 EnsembleOpt = Annotated[Optional[list[str]], typer.Option(
     "--ensemble", help="Comma-separated checkpoints or run directories with one tokenizer, "
     "searched as one model (the mean of their log-probabilities at each step).")]
