@@ -56,26 +56,31 @@ def test_a_step_of_two_models_is_the_mean_of_their_log_probabilities():
 
 
 def test_an_ensemble_from_the_command_line(trained_run, sources, tmp_path):
-    """`nmt translate --ensemble A,B` searches with both models, and `nmt eval --ensemble A,B`
-    scores them as one more system: with a model and a copy of itself, the translations are
-    the model's own (the mean of equal values is the value)."""
-    copy = tmp_path / "copy.pt"
-    copy.write_bytes((trained_run / "best.pt").read_bytes())
+    """`nmt translate --ensemble A,B` searches with both models, as the translator of an
+    in-process ensemble does, and `nmt eval --ensemble A,B` scores them as one more system. B is
+    A with its output layer negated, so that B's log-probabilities differ from A's everywhere
+    and a search that ignored B would give A's translations."""
+    other = tmp_path / "other.pt"
+    data = checkpoint.load(trained_run / "best.pt")
+    data["model"]["generator.weight"] = -data["model"]["generator.weight"]
+    checkpoint.save(other, data)
     nmt = [sys.executable, "-m", "nmt"]
     alone = subprocess.run([*nmt, "translate", "--checkpoint", str(trained_run), *sources[:5]],
                            capture_output=True, text=True, check=True)
-    both = subprocess.run([*nmt, "translate", "--ensemble", f"{trained_run},{copy}",
+    both = subprocess.run([*nmt, "translate", "--ensemble", f"{trained_run},{other}",
                            *sources[:5]], capture_output=True, text=True, check=True)
-    assert both.stdout == alone.stdout and alone.stdout.count("\n") == 5
+    expected = load_translator(trained_run, ensemble=(other,)).translate(sources[:5])
+    assert both.stdout == "".join(f"{t.text}\n" for t in expected)
+    assert both.stdout != alone.stdout and alone.stdout.count("\n") == 5
     assert "in the ensemble" in both.stderr
     scored = subprocess.run([*nmt, "eval", "--checkpoint", str(trained_run), "--ensemble",
-                             f"{trained_run},{copy}", "--bootstrap", "100", "--json"],
+                             f"{trained_run},{other}", "--bootstrap", "100", "--json"],
                             capture_output=True, text=True, check=True)
     single, ensemble = json.loads(scored.stdout)
     assert " + " in ensemble["checkpoint"] and " + " not in single["checkpoint"]
-    assert ensemble["scores"][0]["value"] == single["scores"][0]["value"]
+    assert ensemble["scores"][0]["value"] < single["scores"][0]["value"]  # B drags it down
     clash = subprocess.run([*nmt, "translate", "--checkpoint", str(trained_run), "--ensemble",
-                            f"{trained_run},{copy}", "Hello."], capture_output=True, text=True)
+                            f"{trained_run},{other}", "Hello."], capture_output=True, text=True)
     assert clash.returncode == 2 and "--ensemble" in clash.stderr
 
 
