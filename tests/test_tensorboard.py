@@ -19,11 +19,14 @@ from nmt.training.board import Board
 
 from conftest import ROOT, tiny_config, tiny_train_command
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag under `folder` as (step, value) pairs, read as TensorBoard reads them."""
+    """Every scalar tag under `folder` as (step, value) pairs, read as TensorBoard reads them
+    (the tests that read events need the package, a development dependency; the test of its
+    absence does not)."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
     events = event_accumulator.EventAccumulator(str(folder))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
