@@ -24,6 +24,7 @@ import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -80,7 +81,7 @@ def probe(flags: frozenset[str]) -> Bf16Support:
         return Bf16Support(flag, _time_product(torch.float32) / _time_product(torch.bfloat16))
 
 
-def _cache_file():
+def _cache_file() -> Path:
     key = hashlib.sha256("\n".join([machine.cpu_id(), torch.__version__]).encode())
     return machine.cache_dir() / "probes" / f"bf16-{key.hexdigest()[:16]}.json"
 

@@ -58,11 +58,12 @@ def import_old(checkout: Path, folder: Path):
     shutil.copytree(checkout / "nmt", target)
     for path in target.rglob("*.py"):
         text = _IMPORT.sub(r"\1 nmt_old", path.read_text())
-        text = text.replace('"nmt.kernels', '"nmt_old.kernels').replace("torch.ops.nmt.",
-                                                                         "torch.ops.nmt_old.")
-        path.write_text(text.replace('"nmt::', '"nmt_old::').replace(
-            'name="nmt_kernels"', 'name="nmt_old_kernels"').replace(
-            "nmt_kernels.so", "nmt_old_kernels.so").replace('f"nmt::', 'f"nmt_old::'))
+        for name, renamed in (('"nmt.kernels', '"nmt_old.kernels'),
+                              ("torch.ops.nmt.", "torch.ops.nmt_old."),
+                              ('"nmt::', '"nmt_old::'),  # f"nmt::{name}" too
+                              ("nmt_kernels", "nmt_old_kernels")):  # the build's name, its .so
+            text = text.replace(name, renamed)
+        path.write_text(text)
     for path in target.rglob("*.cpp"):
         path.write_text(re.sub(r"TORCH_LIBRARY(_IMPL)?\(nmt,", r"TORCH_LIBRARY\1(nmt_old,",
                                path.read_text()))

@@ -20,7 +20,6 @@ from nmt.training.board import Board
 from conftest import ROOT, tiny_config, tiny_train_command
 
 
-
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar tag under `folder` as (step, value) pairs, read as TensorBoard reads them
     (the tests that read events need the package, a development dependency; the test of its

@@ -96,8 +96,9 @@ class Seq2Seq(nn.Module):
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
                 operations: Operations = PLAIN_OPERATIONS) -> Seq2Seq:
-    """Builds the model described by `model` in the config; its LSTM cell and loss compute
-    through `operations` (`nmt.model.operations`: the formulas as written by default)."""
+    """Builds the model described by `model` in the config; its additive score, LSTM cell and
+    loss compute through `operations` (`nmt.model.operations`: the formulas as written by
+    default)."""
     encoder = Encoder(src_vocab, cfg.emb_size, cfg.hidden_size, cfg.enc_layers, cfg.dropout)
     key_size = encoder.output_size
     a = cfg.attention
