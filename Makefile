@@ -64,8 +64,9 @@ bench: install
 	NMT_DATA_DIR=$(DEMO_DATA) $(PY) scripts/bench.py $(BENCH_ARGS)
 
 # Time-to-BLEU race: nmt's default config, OpenNMT-py and Joey NMT trained RACE_MINUTES each
-# on the same data and pieces, one after the other, scored on one test split; writes docs/race/
-# (about 3.5 x RACE_MINUTES in all). Needs the peers of ../shared/bench/setup-peers.sh.
+# after their first update, with nmt's recipe, on the same data and pieces, one after the other
+# (two seeds for nmt and OpenNMT-py, one for Joey NMT), scored on one test split; writes
+# docs/race/ (about 6 x RACE_MINUTES in all). Needs the peers of ../shared/bench/setup-peers.sh.
 RACE_MINUTES ?= 20
 RACE_ARGS ?=
 
