@@ -31,7 +31,7 @@ from nmt.evaluation.validation import Validation, make_validator
 from nmt.fast import kernels
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
-from nmt.training import averaging, board, distributed
+from nmt.training import averaging, board, changes, distributed
 from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
@@ -78,15 +78,18 @@ def _new_run_dir(cfg: Config, runs_dir: Path, overwrite: bool, stack: ExitStack)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The run's resolved config with `--set` overrides; data and model must not change."""
+    """The run's resolved config with `--set` overrides; data, model and the few train keys
+    of nmt.training.changes.FIXED must not change."""
     from nmt.config import apply_overrides, read_yaml
 
     raw = read_yaml(run_dir / "config.yaml")
     before = from_dict(raw, str(run_dir / "config.yaml"))  # defaults fill keys added since
     cfg = from_dict(apply_overrides(raw, overrides), str(run_dir / "config.yaml"))
-    changed = [s for s in ("data", "model") if getattr(cfg, s) != getattr(before, s)]
-    if changed:
-        raise ConfigError([f"{s}: cannot change when resuming" for s in changed])
+    problems = [f"{s}: cannot change when resuming" for s in ("data", "model")
+                if getattr(cfg, s) != getattr(before, s)]
+    problems += changes.refused(before.train, cfg.train)
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
@@ -154,6 +157,7 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         trainer.load_resume_state(state["resume"])
         if d.main:
             _truncate_metrics(run_dir / "metrics.csv", trainer.progress.step)
+            _log_changes(run_dir, from_dict(state["config"]), cfg, trainer.progress.step)
         log.info("resuming %s at step %d (epoch %d)", run_dir, trainer.progress.step,
                  trainer.progress.epoch)
     elif d.main:
@@ -214,6 +218,16 @@ def _average_last(trainer: Trainer, validate: Callable[[], Validation], k: int,
     log.info("%s, the mean of steps %s: loss %.3f BLEU %.2f chrF %.2f (best.pt: %s %.2f at "
              "step %d)", averaging.AVERAGED, ", ".join(map(str, steps)), v.loss, v.bleu, v.chrf,
              metric, p.best_score if metric != "loss" else -p.best_score, p.best_step)
+
+
+def _log_changes(run_dir: Path, before: Config, cfg: Config, step: int) -> None:
+    """Logs each train key that the resumed config changes (it takes effect from `step`) and
+    keeps config.yaml the config the run now trains with."""
+    for line in changes.described(before.train, cfg.train, step):
+        log.info("%s", line)
+    if before != cfg:
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+        checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(text))
 
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nmt import checkpoint
 from nmt.cli import app
-from nmt.config import Config, ModelConfig, to_dict
+from nmt.config import Config, ModelConfig, TrainConfig, to_dict
 from nmt.errors import UsageError
 from nmt.train import train
 from nmt.training.averaging import average, select
@@ -23,12 +23,14 @@ runner = CliRunner()
 
 
 def fake_checkpoint(path: Path, seed: int, step: int, decoder_size: int = 32,
-                    tokenizer: bytes = b"spm") -> dict[str, torch.Tensor]:
-    """A small model's random weights, saved as a checkpoint with an integer buffer too."""
+                    tokenizer: bytes = b"spm", run_seed: int = 1) -> dict[str, torch.Tensor]:
+    """A small model's random weights, saved as a checkpoint with an integer buffer too, of a
+    run with `train.seed: run_seed` that validates every 500 updates."""
     torch.manual_seed(seed)
     weights = {k: torch.randn_like(v) for k, v in small_model().state_dict().items()}
     weights["counter"] = torch.tensor([step])
-    cfg = Config(model=ModelConfig(emb_size=16, hidden_size=16, decoder_size=decoder_size))
+    cfg = Config(model=ModelConfig(emb_size=16, hidden_size=16, decoder_size=decoder_size),
+                 train=TrainConfig(seed=run_seed, valid_every=500))
     checkpoint.save(path, {"config": to_dict(cfg), "tokenizer": {"src": tokenizer,
                                                                  "tgt": tokenizer},
                            "model": weights, "step": step, "score": float(seed)})
@@ -68,6 +70,43 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "another model config" in result.stderr
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_checkpoints_of_other_seeds_are_refused_unless_forced(tmp_path):
+    fake_checkpoint(tmp_path / "a.pt", seed=1, step=100)
+    fake_checkpoint(tmp_path / "b.pt", seed=2, step=200, run_seed=7)
+    other = checkpoint.load(tmp_path / "b.pt")
+    name = next(iter(other["model"]))
+    other["model"][name] = torch.zeros(len(other["model"][name]) + 1)
+    checkpoint.save(tmp_path / "wider.pt", other)
+    with pytest.raises(UsageError, match=r"b.pt does not match .*a.pt: another seed "
+                                         r"\(train.seed: 7 against 1\); --force"):
+        average([tmp_path / "a.pt", tmp_path / "b.pt"])
+    both = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "-o", str(tmp_path / "out.pt")]
+    refused = runner.invoke(app, ["average", *both])
+    assert refused.exit_code == 2, refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1 and "train.seed" in refused.stderr
+    assert not (tmp_path / "out.pt").exists()
+    forced = runner.invoke(app, ["average", *both, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "another seed" in forced.stderr and (tmp_path / "out.pt").exists()
+    shapes = runner.invoke(app, ["average", str(tmp_path / "a.pt"), str(tmp_path / "wider.pt"),
+                                 "-o", str(tmp_path / "no.pt"), "--force"])
+    assert shapes.exit_code == 2 and "other parameter names or shapes" in shapes.stderr
+
+
+@pytest.mark.parametrize("steps, apart", [((500, 1000, 1500), False), ((500, 1500, 4000), True)])
+def test_the_steps_averaged_are_said_with_a_warning_when_far_apart(tmp_path, steps, apart):
+    """A run without train.average_last keeps its best step-N.pt: --last K may then average
+    checkpoints far apart in training, and says so."""
+    run = tmp_path / "run"
+    for step in (100, *steps):  # validations every 500 updates
+        fake_checkpoint(run / f"step-{step}.pt", seed=step, step=step)
+    result = runner.invoke(app, ["average", str(run), "--last", "3"])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "averaged" in line]
+    assert len(said) == 1 and f"steps {', '.join(map(str, steps))}" in said[0]
+    assert ("WARNING" in said[0] and "not consecutive" in said[0]) == apart
 
 
 def test_averaged_run_checkpoints_translate_and_evaluate(trained_run, tmp_path):

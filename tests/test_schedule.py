@@ -5,7 +5,10 @@ the training time they read survives a resume and is rank 0's under several proc
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from nmt.data.batching import Dataset
 from nmt.errors import ConfigError
 from nmt.evaluation.validation import Validation
 from nmt.train import build_optimizer, resume_config, train
-from nmt.training.schedule import Schedule
+from nmt.training.schedule import Schedule, resumed
 from nmt.training.trainer import Trainer
 
 from conftest import ROOT, small_model, tiny_config, tiny_train_command
@@ -98,11 +101,36 @@ def test_with_both_budgets_the_one_further_along_rules():
     assert both.lr_at(100, 10.0) == both.lr_at(20, 60.0) == FLOOR
 
 
-def test_a_resumed_run_keeps_the_budget_of_its_config():
-    saved = budgeted("linear", steps=100).state_dict()
-    longer = budgeted("linear", steps=200)
-    longer.load_state_dict(saved)
-    assert longer.max_steps == 200 and longer.lr_at(100) > FLOOR
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_longer_budget_continues_from_the_rate_reached(kind):
+    """Resumed with twice the budget, the rate holds where it was until the longer budget's
+    decay (its last 20%: from step 160), then falls to min_lr when it runs out; never up."""
+    old = replace(budgeted(kind, steps=100), decay_fraction=0.2)
+    for at in (90, 100):  # in the decay; at its end
+        longer = resumed(old.state_dict(), replace(old, max_steps=200), at, 0.0)
+        reached = old.lr_at(at)
+        rates = [longer.lr_at(step) for step in range(at, 201)]
+        assert rates[:160 - at + 1] == pytest.approx([reached] * (160 - at + 1))
+        assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] == FLOOR
+    stable = resumed(old.state_dict(), replace(old, max_steps=200), 50, 0.0)
+    fresh = replace(old, max_steps=200)  # before the decay, nothing is lost
+    assert [stable.lr_at(s) for s in range(50, 201)] == pytest.approx(
+        [fresh.lr_at(s) for s in range(50, 201)])
+
+
+def test_a_new_lr_with_a_longer_budget_starts_again_from_it():
+    old = replace(budgeted("linear", steps=100), decay_fraction=0.2)
+    again = resumed(old.state_dict(), replace(old, max_steps=200, base_lr=0.005), 100, 0.0)
+    assert again.lr_at(101) == pytest.approx(0.005) == again.lr_at(160)
+    assert FLOOR < again.lr_at(180) < 0.005 and again.lr_at(200) == FLOOR
+
+
+def test_an_unchanged_schedule_is_restored_exactly():
+    old = budgeted("cosine", warmup=10, steps=100)
+    for step in range(1, 41):
+        old.advance(step, 0.5 * step)
+    old.observe(3.0)
+    assert resumed(old.state_dict(), budgeted("cosine", warmup=10, steps=100), 40, 20.0) == old
 
 
 # -- the trainer, on a fake clock -------------------------------------------------------------
@@ -174,32 +202,76 @@ def test_resume_restores_the_training_time_the_schedule_reads(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cosine_resume_ends_with_the_same_weights(tmp_path):
-    """Stopped by an epoch limit, resumed without it: the same budget all along."""
-    settings = {"schedule": "cosine", "max_steps": 30, "valid_every": 10,
-                "valid_max_sentences": 4}
+@pytest.mark.parametrize("kind, decay_fraction", [("cosine", 1.0), ("linear", 0.2)])
+def test_a_step_budget_resume_ends_with_the_same_weights(tmp_path, kind, decay_fraction):
+    """Stopped by an epoch limit, resumed without it: the same budget all along, so the same
+    rates and, bit for bit, the same weights (linear 0.2: the default config's shape)."""
+    settings = {"schedule": kind, "decay_fraction": decay_fraction, "max_steps": 30,
+                "valid_every": 10, "valid_max_sentences": 4}
     full = train(tiny_config(tmp_path, **settings), runs_dir=tmp_path / "a")
     part = train(tiny_config(tmp_path, max_epochs=1, **settings), runs_dir=tmp_path / "b")
     stopped = checkpoint.load(part / "last.pt")["step"]
     assert 0 < stopped < 30
-    resumed = train(resume_config(part, ["train.max_epochs=0"]), resume=part)
-    a, b = (checkpoint.load(r / "last.pt")["model"] for r in (full, resumed))
+    again = train(resume_config(part, ["train.max_epochs=0"]), resume=part)
+    a, b = (checkpoint.load(r / "last.pt")["model"] for r in (full, again))
     assert all(torch.equal(a[k], b[k]) for k in a)
     with open(full / "metrics.csv", newline="") as f:
         rates = [float(row["lr"]) for row in csv.DictReader(f)]
     assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-5)
 
 
+STEP_LINE = re.compile(r" step (\d+) loss \S+ lr (\S+) ")
+
+
+def logged_rates(run: Path) -> dict[int, float]:
+    """Each update's learning rate as train.log has it (train.log_every=1), by step."""
+    return {int(step): float(lr) for step, lr in STEP_LINE.findall(
+        (run / "train.log").read_text())}
+
+
 def test_two_processes_read_one_clock(tmp_path):
     """Each process measures its own time; the learning rate must follow rank 0's, or the
-    copies drift apart (the ranks compare weight digests at each validation)."""
+    copies drift apart (the ranks compare weight digests at each validation). The rate holds,
+    then decays over the last half of the time budget, never rising, at every update."""
     run = subprocess.run(tiny_train_command(
         tmp_path, tmp_path / "runs", "--set", "train.schedule=linear",
-        "--set", "train.max_minutes=0.03", "--set", "train.max_steps=0",
-        "--set", "train.valid_every=5", "--nproc", "2"), capture_output=True, text=True)
+        "--set", "train.decay_fraction=0.5", "--set", "train.max_minutes=0.1",
+        "--set", "train.max_steps=0", "--set", "train.valid_every=5",
+        "--set", "train.log_every=1", "--nproc", "2"), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     log = (tmp_path / "runs" / "tiny" / "train.log").read_text()
-    assert "the 2 processes hold identical parameters" in log
+    rates = logged_rates(tmp_path / "runs" / "tiny")
+    steps = sorted(rates)
+    assert steps == list(range(1, len(steps) + 1))
+    base = rates[1]
+    assert base == 0.005 and all(rates[s] >= rates[s + 1] for s in steps[:-1])
+    assert rates[steps[-1]] < base / 2  # deep in the decay
+    decayed = [s for s in steps if rates[s] < base]
+    validations = log.count("validation at step")
+    assert log.count("the 2 processes hold identical parameters") == validations
+    assert any(int(s) > decayed[0] for s in re.findall(r"validation at step (\d+)", log))
+
+
+def test_two_processes_resumed_follow_the_uninterrupted_rates(tmp_path):
+    """Two processes on a step budget, stopped by an epoch limit in the decay (12 updates of
+    two batches make an epoch of the tiny corpus) and resumed: every update's rate is the one
+    of an uninterrupted run (one process, accumulate 2: the same updates)."""
+    decaying = {"schedule": "linear", "decay_fraction": 0.5, "max_steps": 20, "log_every": 1}
+    options = [x for key, value in decaying.items() for x in ("--set", f"train.{key}={value}")]
+    part = subprocess.run(tiny_train_command(tmp_path, tmp_path / "runs", *options, "--set",
+                                             "train.max_epochs=1", "--nproc", "2"),
+                          capture_output=True, text=True)
+    assert part.returncode == 0, part.stderr
+    run = tmp_path / "runs" / "tiny"
+    assert checkpoint.load(run / "last.pt")["step"] == 12
+    rest = subprocess.run([sys.executable, "-m", "nmt", "train", "--resume", str(run), "--set",
+                           "train.max_epochs=0", "--nproc", "2"], capture_output=True, text=True)
+    assert rest.returncode == 0, rest.stderr
+    whole = train(tiny_config(tmp_path, valid_every=10, valid_max_sentences=4, accumulate=2,
+                              **decaying), runs_dir=tmp_path / "whole")
+    expected = logged_rates(whole)
+    assert sorted(expected) == list(range(1, 21)) and expected[20] < expected[11] < 0.005
+    assert logged_rates(run) == expected
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -3,8 +3,11 @@ several checkpoints' of one model, as Vaswani et al. (2017, §6.1) report their 
 single model obtained by averaging the last 5 checkpoints". The checkpoints should be nearby
 points of one training run; those of different models have nothing to average.
 
-The checkpoints must share the model config and the tokenizer; their train and decode settings
-may differ (a resumed run may have changed them), and the newest checkpoint's are kept. The
+The checkpoints must share the model config, the tokenizer and the seed (`force` lets those
+differ, never the parameters' names and shapes); their other train and decode settings may
+differ (a resumed run may have changed them), and the newest checkpoint's are kept. The steps
+averaged are logged on one line, a warning where they are not consecutive validations (the
+`step-N.pt` of a run without `train.average_last` are its best ones, possibly far apart). The
 result is a plain checkpoint without training state: `nmt translate` and `nmt eval` load it,
 `nmt train --resume` does not.
 """
@@ -65,23 +68,38 @@ def _difference(a: Any, b: Any, path: str) -> str | None:
     return None if a == b else f"{path}: {b!r} against {a!r}"
 
 
-def _check_same_model(first: dict, other: dict, names: tuple[Path, Path]) -> None:
-    """Refuses to average checkpoints of different models (a one-line UsageError)."""
-    where = f"{names[1]} does not match {names[0]}"
+def _what_differs(first: dict, other: dict) -> str | None:
+    """The first of model config, tokenizer and seed that differs between two checkpoints."""
     differs = _difference(first["config"].get("model"), other["config"].get("model"), "model")
     if differs:
-        raise UsageError(f"{where}: another model config ({differs})")
+        return f"another model config ({differs})"
     if first["tokenizer"] != other["tokenizer"]:
-        raise UsageError(f"{where}: another tokenizer (SentencePiece models differ)")
+        return "another tokenizer (SentencePiece models differ)"
+    seeds = [data["config"].get("train", {}).get("seed") for data in (first, other)]
+    if seeds[0] != seeds[1]:
+        return f"another seed (train.seed: {seeds[1]!r} against {seeds[0]!r})"
+    return None
+
+
+def _check_same_model(first: dict, other: dict, names: tuple[Path, Path], force: bool) -> None:
+    """Refuses to average checkpoints of different models or runs (a one-line UsageError);
+    `force` lets the config, tokenizer and seed differ (logged), never the parameters' shapes."""
+    where = f"{names[1]} does not match {names[0]}"
+    found = _what_differs(first, other)
+    if found and not force:
+        raise UsageError(f"{where}: {found}; --force averages them anyway")
     a, b = first["model"], other["model"]
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         raise UsageError(f"{where}: other parameter names or shapes")
+    if found:
+        log.warning("%s: %s (averaged anyway: --force)", where, found)
 
 
-def average(paths: list[Path]) -> dict:
+def average(paths: list[Path], force: bool = False) -> dict:
     """The checkpoint data whose float tensors are the mean of those of `paths` (summed in
     float64, so the mean of two is exact to the stored precision); other tensors, the config and
-    the decode settings come from the newest (highest step) checkpoint."""
+    the decode settings come from the newest (highest step) checkpoint. `force`: see
+    `_check_same_model`."""
     if not paths:
         raise UsageError("no checkpoint to average")
     first = newest = checkpoint.load(paths[0])
@@ -89,7 +107,7 @@ def average(paths: list[Path]) -> dict:
     sources = [{"file": str(paths[0]), "step": first.get("step")}]
     for path in paths[1:]:
         data = checkpoint.load(path)
-        _check_same_model(first, data, (paths[0], path))
+        _check_same_model(first, data, (paths[0], path), force)
         for k in sums:
             sums[k] += data["model"][k].double()
         sources.append({"file": str(path), "step": data.get("step")})
@@ -101,19 +119,33 @@ def average(paths: list[Path]) -> dict:
             "step": newest.get("step"), "score": None, "averaged": sources}
 
 
-def write_average(paths: list[Path], output: Path) -> Path:
+def write_average(paths: list[Path], output: Path, force: bool = False) -> Path:
     """Averages `paths` into `output` (written atomically); returns `output`."""
     inputs = {p.resolve() for p in paths}
     if output.resolve() in inputs:
         raise UsageError(f"--output {output} is one of the checkpoints being averaged")
-    data = average(paths)
+    data = average(paths, force)
     checkpoint.save(output, data)
-    log.info("averaged %d checkpoint(s) (steps %s) into %s", len(paths),
-             ", ".join(str(s["step"]) for s in data["averaged"]), output)
+    steps = [s["step"] for s in data["averaged"]]
+    every = data["config"].get("train", {}).get("valid_every")
+    said = f"averaged {len(paths)} checkpoint(s) (steps {', '.join(map(str, steps))}) into {output}"
+    if every and not consecutive(steps, every):
+        log.warning("%s: not consecutive validations (one every %d updates), so far apart in "
+                    "training (keep the last ones with train.average_last)", said, every)
+    else:
+        log.info("%s", said)
     return output
 
 
-def average_command(paths: list[Path], last: int, best: int, output: Path | None) -> Path:
+def consecutive(steps: list[int | None], every: int) -> bool:
+    """Whether the steps are successive validations, `every` updates apart at most (a run's last
+    validation may come sooner)."""
+    known = sorted(s for s in steps if s is not None)
+    return all(b - a <= every for a, b in zip(known, known[1:]))
+
+
+def average_command(paths: list[Path], last: int, best: int, output: Path | None,
+                    force: bool = False) -> Path:
     """`nmt average`: a run directory with --last/--best, or checkpoint files."""
     if last and best:
         raise UsageError("give --last K or --best K, not both")
@@ -127,7 +159,7 @@ def average_command(paths: list[Path], last: int, best: int, output: Path | None
         if not (last or best):
             raise UsageError(f"{dirs[0]}: with a run directory, give --last K or --best K")
         chosen = select(dirs[0], last, best)
-        return write_average(chosen, output or dirs[0] / AVERAGED)
+        return write_average(chosen, output or dirs[0] / AVERAGED, force)
     if last or best:
         raise UsageError("--last and --best choose from a run directory, not from files")
-    return write_average(paths, output or paths[0].parent / AVERAGED)
+    return write_average(paths, output or paths[0].parent / AVERAGED, force)

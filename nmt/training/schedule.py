@@ -18,16 +18,28 @@ f = max(0, (spent - (1 - d)) / d), where `spent` is the budget's fraction used s
 ended. The budget is `max_steps` updates and/or `max_seconds` of training time, and where both
 are set, whichever fraction is further along. So `linear` and `cosine` reach min_lr exactly when
 the budget runs out.
+
+A resumed run takes every setting from its resumed config and its progress from the checkpoint
+(`resumed`). Where that gives linear or cosine another curve after the warm-up (a longer budget,
+another decay_fraction, lr, min_lr, warm-up or kind), the rest of the run restarts at step s0
+from the rate r0 reached there (or from the new base where `lr` changed) and follows the new
+curve's shape, scaled to begin at r0: lr = min_lr + (r0 - min_lr) * shape(step) / shape(s0), with
+shape = 1 - f or (1 + cos(pi f)) / 2. It holds r0 until the new decay begins, then falls to
+min_lr when the new budget runs out: the rate never jumps back up.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 BUDGETED = ("linear", "cosine")  # the schedules that read the training budget
-# a resumed run takes its budget (and the part of it that decays) from its config
-_FROM_CONFIG = ("max_steps", "max_seconds", "decay_fraction")
+# the fields a config sets (the others are progress, which a resumed run keeps)
+SETTINGS = ("kind", "base_lr", "warmup_steps", "factor", "patience", "min_lr", "max_steps",
+            "max_seconds", "decay_fraction")
+# the settings that draw the curve of linear and cosine
+_CURVE = ("kind", "base_lr", "min_lr", "warmup_steps", "max_steps", "max_seconds",
+          "decay_fraction")
 
 
 @dataclass
@@ -45,6 +57,9 @@ class Schedule:
     max_seconds: float = 0.0  # linear, cosine: the budget in training seconds (0: none)
     warm_seconds: float = 0.0  # training seconds when the warm-up ended (see `advance`)
     decay_fraction: float = 1.0  # linear, cosine: the last part of the budget that decays
+    restart_step: int = -1  # linear, cosine: where a resumed run's new curve began (-1: none)
+    restart_seconds: float = 0.0  # the training time there
+    restart_lr: float = 0.0  # the rate there (r0)
 
     def lr_at(self, step: int, seconds: float = 0.0) -> float:
         """The learning rate of update `step`, begun after `seconds` of training."""
@@ -55,11 +70,23 @@ class Schedule:
         elif self.kind == "plateau":
             lr *= self.factor ** self.decays
         elif self.kind in BUDGETED and step >= self.warmup_steps:
-            d = self.decay_fraction
-            f = max(0.0, (self.spent(step, seconds) - (1 - d)) / d)
-            shape = 1 - f if self.kind == "linear" else (1 + math.cos(math.pi * f)) / 2
-            lr = self.min_lr + (self.base_lr - self.min_lr) * shape
+            top, shape = self.base_lr, self.shape(step, seconds)
+            if 0 <= self.restart_step <= step:
+                top, at = self.restart_lr, self.shape(self.restart_step, self.restart_seconds)
+                shape = min(1.0, shape / at) if at > 0 else 0.0
+            lr = self.min_lr + (top - self.min_lr) * shape
         return max(self.min_lr, lr)
+
+    def shape(self, step: int, seconds: float) -> float:
+        """linear, cosine: 1 until the decay begins, falling to 0 when the budget runs out."""
+        f = self.decayed(step, seconds)
+        return 1 - f if self.kind == "linear" else (1 + math.cos(math.pi * f)) / 2
+
+    def decayed(self, step: int, seconds: float) -> float:
+        """f: the part of the decay done, in [0, 1] (0 until it begins, 1 once the budget is
+        spent, whatever the rounding)."""
+        d, spent = self.decay_fraction, self.spent(step, seconds)
+        return 1.0 if spent >= 1 else max(0.0, (spent - (1 - d)) / d)
 
     def spent(self, step: int, seconds: float) -> float:
         """The fraction of the budget spent since the warm-up ended, in [0, 1]."""
@@ -70,6 +97,14 @@ class Schedule:
             left = self.max_seconds - self.warm_seconds
             f = max(f, (seconds - self.warm_seconds) / left if left > 0 else 1.0)
         return min(1.0, max(0.0, f))
+
+    def patience_counts(self, step: int, seconds: float) -> bool:
+        """Whether a validation without improvement counts towards `train.patience`: always,
+        except under linear and cosine before their decay has begun (a stable rate's plateau
+        is no sign that the decay will not help)."""
+        if self.kind not in BUDGETED:
+            return True
+        return step >= self.warmup_steps and self.decayed(step, seconds) > 0
 
     def advance(self, step: int, seconds: float) -> None:
         """Called after each update: remembers the training time at which the warm-up ended,
@@ -93,8 +128,29 @@ class Schedule:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        """Restores the schedule's state; the budget stays the one this run was configured
-        with, so that resuming with a larger `train.max_steps` stretches the decay to it."""
+        """Restores every field (rank 0's schedule on every rank); a resumed run whose config
+        may have changed goes through `resumed` instead."""
         for key, value in state.items():
-            if key not in _FROM_CONFIG:
-                setattr(self, key, value)
+            setattr(self, key, value)
+
+
+def resumed(saved: dict, configured: Schedule, step: int, seconds: float) -> Schedule:
+    """The schedule a run resumed after update `step` (at `seconds` of training) continues
+    with: the settings of `configured` (built from the resumed config) and the progress in
+    `saved` (plateau counters, when the warm-up ended, an earlier restart). Unchanged settings
+    give back the saved schedule exactly; a changed curve of linear or cosine restarts from the
+    rate reached (see the module's docstring)."""
+    known = {f.name for f in fields(Schedule)}
+    old = Schedule(**{k: v for k, v in saved.items() if k in known})
+    new = replace(old, **{k: getattr(configured, k) for k in SETTINGS})
+    if all(getattr(old, k) == getattr(new, k) for k in _CURVE):
+        return new
+    new.restart_step = -1
+    if old.warmup_steps > step and new.warmup_steps <= step:
+        new.warm_seconds = seconds  # the shortened warm-up ends here
+    if new.kind not in BUDGETED or step < new.warmup_steps or step < old.warmup_steps:
+        return new  # no decay curve to continue: the new settings' formula from here
+    r0 = new.base_lr if new.base_lr != old.base_lr else old.lr_at(step, seconds)
+    new.restart_step, new.restart_seconds = step, seconds
+    new.restart_lr = min(new.base_lr, max(new.min_lr, r0))
+    return new

@@ -35,7 +35,7 @@ from nmt.model.seq2seq import Seq2Seq
 from nmt.training import distributed, rng
 from nmt.training.board import Board
 from nmt.training.precision import Precision
-from nmt.training.schedule import Schedule
+from nmt.training.schedule import Schedule, resumed
 
 if TYPE_CHECKING:  # made by nmt.evaluation.validation, which sits above training
     from nmt.evaluation.validation import Validation
@@ -97,8 +97,11 @@ class Trainer:
 
     def load_resume_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        for group in self.optimizer.param_groups:  # the resumed config's, as the rate is
+            group["betas"] = tuple(self.s.betas)
         self.progress = Progress(**state["progress"])
+        self.schedule.load_state_dict(resumed(state["schedule"], self.schedule, self.progress.step,
+                                              self.progress.seconds).state_dict())
         states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(states) == self.dist.world:
             rng.restore(states[self.dist.rank], self.device)
@@ -286,7 +289,7 @@ class Trainer:
         improved = p.best_score is None or score > p.best_score
         if improved:
             p.best_score, p.best_step, p.bad_validations = score, p.step, 0
-        else:
+        elif self.schedule.patience_counts(p.step, p.seconds):  # linear, cosine: decaying
             p.bad_validations += 1
         self.schedule.observe(score)
         p.last_valid_step = p.step
