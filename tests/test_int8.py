@@ -1,5 +1,6 @@
-"""`nmt.fast.int8`: a search's 8-bit weight products against F.linear, kept packs, and the
-probe of torch's private int8 operators with its fallback."""
+"""`nmt.fast.int8`: a quantized copy of a built model, whose 8-bit products are close to fp32
+ones, that leaves the model itself alone, and the probe of torch's private int8 operators with
+its fallback."""
 
 from __future__ import annotations
 
@@ -8,49 +9,72 @@ import platform
 import torch
 import torch.nn.functional as F
 
+from nmt.config import AttentionConfig, ModelConfig
+from nmt.data.tokenizer import BOS
 from nmt.fast import int8
-from nmt.model.operations import PLAIN
+from nmt.model.seq2seq import build_model
 
 from conftest import fast_only
 
 
-@fast_only
-def test_int8_products_are_close_to_fp32_ones():
+def wide_model():
+    """A tiny model whose decoder and output layer are wide enough to be quantized."""
     torch.manual_seed(7)
-    weight = torch.randn(128, 256) * 0.05
-    x = torch.randn(40, 256)
-    exact = F.linear(x, weight)
-    with torch.no_grad():
-        approx = int8.products().linear(x, weight)
-    assert not torch.equal(approx, exact)
-    assert (approx - exact).abs().max() < 0.03 * exact.abs().max()
+    cfg = ModelConfig(emb_size=64, hidden_size=64, decoder_size=128,
+                      attention=AttentionConfig(size=64))
+    return build_model(cfg, 80, 80).eval()
+
+
+def step_log_probs(model, src: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        memory, state = model.encode(src, torch.full((src.size(0),), src.size(1)))
+        prev = torch.full((src.size(0),), BOS)
+        return model.decode_step(prev, state, memory, 0)[2]  # (B, V)
 
 
 @fast_only
-def test_int8_products_pack_once_and_keep_the_pack():
-    """A translator's products keep their packs for as long as they live (so the weights must
-    not change meanwhile: shown here by changing them); new products see the new weights;
-    small weights and products that need a gradient stay F.linear."""
+def test_a_quantized_copy_searches_close_to_fp32_and_leaves_the_model_alone():
+    model = wide_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = torch.randint(4, 80, (6, 9))
+    quantized = int8.quantized(model)
+    assert quantized is not model
+    # the copy's decoder and output layer hold 8-bit weights; the small ones stay as they were
+    assert isinstance(quantized.generator.weight, int8.Int8Weight)
+    assert isinstance(quantized.decoder.recurrent[0], int8.Int8Weight)
+    assert isinstance(quantized.decoder.combine.weight, int8.Int8Weight)
+    assert not isinstance(quantized.encoder.rnn.weight_ih_l0, int8.Int8Weight)
+    exact, approx = step_log_probs(model, src), step_log_probs(quantized, src)
+    assert not torch.equal(approx, exact)  # the 8-bit products did run
+    assert (approx.exp() - exact.exp()).abs().max() < 0.02
+    # the model itself is untouched: its parameters, their values, its results
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(step_log_probs(model, src), exact)
+
+
+@fast_only
+def test_an_int8_weight_is_the_float32_weight_outside_a_search():
+    """Products that need a gradient run exactly as F.linear; every other operation sees the
+    float32 weight and returns plain tensors."""
     torch.manual_seed(9)
-    weight = torch.nn.Parameter(torch.randn(96, 80))
-    small = torch.randn(8, 80)
+    plain = torch.randn(96, 80)
+    weight = int8.Int8Weight(plain)
     x = torch.randn(5, 80)
     with torch.no_grad():
-        kept = int8.products()
-        first = kept.linear(x, weight)
-        assert torch.allclose(first, F.linear(x, weight), atol=0.05 * first.abs().max())
-        weight.mul_(2)
-        assert torch.equal(kept.linear(x, weight), first)  # the pack of the old weights
-        assert torch.allclose(int8.products().linear(x, weight), 2 * first,
-                              atol=0.1 * first.abs().max())
-        assert torch.equal(kept.linear(x, small), F.linear(x, small))
-    assert torch.equal(kept.linear(x, weight), F.linear(x, weight))  # grad mode: exact
+        approx = F.linear(x, weight)
+        assert not torch.equal(approx, F.linear(x, plain))
+        assert torch.allclose(approx, F.linear(x, plain), atol=0.05 * approx.abs().max())
+    exact = F.linear(x.requires_grad_(), weight)
+    assert torch.equal(exact, F.linear(x, plain))
+    doubled = weight * 2
+    assert type(doubled) is torch.Tensor and torch.equal(doubled, plain * 2)
 
 
 @fast_only
-def test_the_probe_falls_back_to_plain_products(monkeypatch, caplog):
-    """Where torch lacks (or breaks) the int8 operators, the probe says so once and a search's
-    products are the plain ones, with the same results."""
+def test_the_probe_falls_back_to_the_plain_model(monkeypatch, caplog):
+    """Where torch lacks (or breaks) the int8 operators, the probe says so once and a search
+    runs the model itself, with the same results."""
 
     def broken(*args, **kwargs):
         raise RuntimeError("operator not available")
@@ -62,7 +86,8 @@ def test_the_probe_falls_back_to_plain_products(monkeypatch, caplog):
         assert not int8.available()  # asked again: the answer is kept, not re-probed
         warnings = [r.message for r in caplog.records if "not available" in r.message]
         assert len(warnings) == 1, warnings
-        assert int8.products() is PLAIN
+        model = wide_model()
+        assert int8.quantized(model) is model
     finally:
         int8._works.cache_clear()
 

@@ -5,11 +5,13 @@ it pays at least 5% on top of bf16 in training or in the default search (docs/pe
             as fused C++ operators registered with `torch.library` (`nmt.fast.kernels`);
             training and translation build the model with them (`build_model(...,
             kernels.FUSED)`);
-  int8      a search's weight products with 8-bit weights (`nmt.fast.int8`), which a translator
-            passes to the model's search steps in `decode.precision: int8` (and `auto`).
+  int8      a copy of a built model whose decoder and output layer hold 8-bit weights
+            (`nmt.fast.int8.quantized`), which a translator searches in
+            `decode.precision: int8` (and `auto`).
 
 The model (`nmt.model`) imports nothing from here: it computes through
-`nmt.model.operations`, and whoever builds or runs it chooses the implementation.
+`nmt.model.operations` and `F.linear`, and whoever builds or runs it chooses the
+implementation, when building it or by transforming the built model.
 
 `NMT_FAST` says which pieces run: unset or 1, all of them; 0, none (the plain PyTorch model,
 which the fast paths are tested against: the test suite runs both ways); or a comma-separated

@@ -1,16 +1,21 @@
 """8-bit weight products for a search on a CPU (`decode.precision: int8`).
 
-A search multiplies the same weights by a thin input at every step. `products()` gives a
-translator `Products` (`nmt.model.operations`) that quantizes each weight of at least
-MIN_PACKED x MIN_PACKED to int8 once, at first use, one scale per output row, and packs it for
-fbgemm's dynamic-quantized products, which quantize each input on the fly with one scale for
-the whole input: faster products, with results that differ from fp32's by about 1%, and that
-depend on the other rows of a batch. Packs are kept for as long as the object lives, so the
-weights must not change meanwhile.
+A search multiplies the same weights by a thin input at every step. `quantized(model)` gives a
+copy of a built model whose decoder and output layer hold 8-bit weights: each weight of at
+least MIN_PACKED x MIN_PACKED that the model multiplies with `F.linear` (its `nn.Linear`
+layers and the decoder's recurrent weights) is quantized to int8 once, one scale per output
+row, packed for fbgemm's dynamic-quantized products, and put in the copy as an `Int8Weight`, a
+tensor whose `F.linear` runs the packed product (PyTorch's `__torch_function__` protocol, as
+torchao's quantized weights do). The model's code does not change: it calls `F.linear` as in
+fp32. The products quantize each input on the fly with one scale for the whole input: faster,
+with results that differ from fp32's by about 1%, and that depend on the other rows of a batch.
+Products that need a gradient, or take another dtype or device, run as F.linear on the
+original weight.
 
 fbgemm's operators (`torch.ops.quantized`) are deprecated in favour of torchao and private to
-torch; `available()` probes them once and says so where they are missing, and a search then
-runs in fp32.
+torch, as is the switch that runs a tensor subclass's other operations as plain ones;
+`available()` probes both once and says so where they are missing, and a search then runs in
+fp32.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from copy import deepcopy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nmt import fast
-from nmt.model.operations import PLAIN, Products
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +54,65 @@ class _PackedInt8:
         return torch.ops.quantized.linear_dynamic(x.contiguous(), self.weight, True)
 
 
+class Int8Weight(torch.Tensor):
+    """A float32 weight (O, D) whose products `F.linear(x, weight)` run with its 8-bit pack
+    when no gradient is needed; every other use sees the float32 weight."""
+
+    @staticmethod
+    def __new__(cls, weight: torch.Tensor) -> Int8Weight:
+        return torch.Tensor._make_subclass(cls, weight.detach(), False)
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.pack = _PackedInt8(weight.detach())
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and not torch.is_grad_enabled():
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if (isinstance(weight, Int8Weight) and not isinstance(x, Int8Weight)
+                    and x.device.type == "cpu" and x.dtype == torch.float32):
+                out = weight.pack(x)
+                return out if bias is None else out + bias
+        with torch._C.DisableTorchFunctionSubclass():  # anything else: the float32 weight
+            return func(*args, **kwargs)
+
+
+def _quantize_(module: nn.Module) -> None:
+    """Replaces, in place, the large F.linear weights of `module` and its children by
+    Int8Weights (they stop being parameters: the module is for searches only)."""
+    for child in module.modules():
+        if isinstance(child, nn.Linear):
+            names = ["weight"]
+        elif isinstance(child, nn.ParameterList):
+            names = [name for name, w in child.named_parameters(recurse=False) if w.dim() == 2]
+        else:
+            continue
+        for name in names:
+            weight = getattr(child, name)
+            if min(weight.shape) >= MIN_PACKED:
+                del child._parameters[name]
+                setattr(child, name, Int8Weight(weight))
+
+
 @functools.cache
 def _works() -> bool:
-    """Whether fbgemm's dynamic int8 products exist here and compute F.linear on a small case
-    (relative error below 5%: 8 bits give about 1% here); says so once where they do not."""
+    """Whether fbgemm's dynamic int8 products exist here and compute a quantized layer's
+    F.linear on a small case (relative error below 5%: 8 bits give about 1% here), while its
+    weight's other operations stay plain float32 ones; says so once where they do not."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(MIN_PACKED, MIN_PACKED, generator=gen)
+    layer = nn.Linear(MIN_PACKED, MIN_PACKED)
+    nn.init.normal_(layer.weight, generator=gen)
     x = torch.randn(3, MIN_PACKED, generator=gen)
     try:
         with torch.no_grad():
-            expected = F.linear(x, w)
-            ok = bool((_PackedInt8(w)(x) - expected).norm() <= 0.05 * expected.norm())
+            expected, weight = layer(x), layer.weight.clone()
+            _quantize_(layer)
+            got, doubled = layer(x), layer.weight * 2
+            ok = (isinstance(layer.weight, Int8Weight) and not torch.equal(got, expected)
+                  and bool((got - expected).norm() <= 0.05 * expected.norm())
+                  and type(doubled) is torch.Tensor and torch.equal(doubled, weight * 2))
     except (AttributeError, RuntimeError, TypeError, NotImplementedError):
         ok = False
     if not ok:
@@ -73,22 +127,15 @@ def available() -> bool:
     return fast.on("int8") and _works()
 
 
-class Int8Products(Products):
-    def __init__(self) -> None:
-        self.packs: dict[int, tuple[torch.Tensor, _PackedInt8 | None]] = {}
-
-    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.device.type != "cpu"
-                or not x.dtype == weight.dtype == torch.float32):
-            return F.linear(x, weight)
-        if id(weight) not in self.packs:  # the entry holds the weight, so its id stays its own
-            small = min(weight.shape) < MIN_PACKED
-            self.packs[id(weight)] = weight, None if small else _PackedInt8(weight.detach())
-        pack = self.packs[id(weight)][1]
-        return F.linear(x, weight) if pack is None else pack(x)
-
-
-def products() -> Products:
-    """A translator's int8 products, made once per translator; F.linear where they are not
-    available."""
-    return Int8Products() if available() else PLAIN
+def quantized(model: nn.Module) -> nn.Module:
+    """A copy of `model` for searches, with 8-bit weights in its decoder and output layer
+    (`model.decoder`, `model.generator`; each member's, for an ensemble); the model itself where
+    int8 products are not available."""
+    if not available():
+        return model
+    copy = deepcopy(model)
+    members = copy.models if hasattr(copy, "models") else [copy]
+    for member in members:
+        _quantize_(member.decoder)
+        _quantize_(member.generator)
+    return copy

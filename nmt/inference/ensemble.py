@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
 
@@ -35,17 +34,15 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs at least one model")
         self.models = nn.ModuleList(models)
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor, products: Products = PLAIN
-               ) -> tuple[Members, Members]:
-        encoded = [m.encode(src, src_len, products) for m in self.models]
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[Members, Members]:
+        encoded = [m.encode(src, src_len) for m in self.models]
         return Members(e[0] for e in encoded), Members(e[1] for e in encoded)
 
-    def decode_step(self, prev: torch.Tensor, states: Members, memories: Members, t: int,
-                    products: Products = PLAIN
+    def decode_step(self, prev: torch.Tensor, states: Members, memories: Members, t: int
                     ) -> tuple[Members, torch.Tensor, torch.Tensor]:
         """As `Seq2Seq.decode_step`: -> the models' new states, the mean attention weights
         (B, S) and the mean log-probabilities (B, V)."""
-        steps = [m.decode_step(prev, s, mem, t, products)
+        steps = [m.decode_step(prev, s, mem, t)
                  for m, s, mem in zip(self.models, states, memories)]
         weights = torch.stack([w for _, w, _ in steps]).mean(dim=0)  # (B, S)
         logp = torch.stack([lp for _, _, lp in steps]).mean(dim=0)  # (B, V)

@@ -3,8 +3,6 @@ them), batched over sentences (and beams). Sentences that finish leave the batch
 remaining steps cost less.
 
 Shapes: B sentences, K beam size, S source length, V target vocabulary, H decoder size.
-`products` says how the decoder's weight products run (`nmt.model.operations.Products`: F.linear
-by default; a translator's 8-bit products, `nmt.fast.int8`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import torch
 
 from nmt.data.tokenizer import BOS, EOS
 from nmt.errors import UsageError
-from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq
 
 Model = Seq2Seq  # or nmt.inference.ensemble.Ensemble: the same encode and decode_step
@@ -36,11 +33,11 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.inference_mode()
 def greedy(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
-           keep_attention: bool = False, top_k: int = 0, products: Products = PLAIN
+           keep_attention: bool = False, top_k: int = 0
            ) -> list[Hypothesis]:
     """Picks the most likely token at each step; returns one hypothesis per sentence.
     max_len (B,): most output tokens per sentence, EOS excluded."""
-    memory, state = model.encode(src, src_len, products)
+    memory, state = model.encode(src, src_len)
     b = src.size(0)
     rows = torch.arange(b)  # sentence of each active row
     prev = torch.full((b,), BOS, dtype=torch.long, device=src.device)
@@ -49,7 +46,7 @@ def greedy(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len: torc
     attn: list[list[torch.Tensor]] = [[] for _ in range(b)]
     alts: list[list[list[tuple[int, float]]]] = [[] for _ in range(b)]
     for t in range(int(max_len.max()) + 1):
-        state, weights, logp = model.decode_step(prev, state, memory, t, products)  # (b', V)
+        state, weights, logp = model.decode_step(prev, state, memory, t)  # (b', V)
         best_lp, best = logp.max(dim=1)
         forced = max_len[rows] <= t  # length limit reached: finish with EOS
         best = torch.where(forced.to(best.device), torch.full_like(best, EOS), best)
@@ -91,8 +88,8 @@ def check_beam(beam: int, vocab: int, name: str = "--beam") -> None:
 @torch.inference_mode()
 def beam_search(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len: torch.Tensor,
                 beam: int, n_best: int = 1, alpha: float = 1.0,
-                keep_attention: bool = False, early_stop: bool = False,
-                products: Products = PLAIN) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, early_stop: bool = False
+                ) -> list[list[Hypothesis]]:
     """Beam search; returns the `n_best` hypotheses of each sentence, best first, scored by
     log-probability / length_penalty.
 
@@ -105,7 +102,7 @@ def beam_search(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len:
     The first step runs once per sentence, not once per beam (all beams start equal)."""
     b, k = src.size(0), beam
     dev = src.device
-    memory, state = model.encode(src, src_len, products)
+    memory, state = model.encode(src, src_len)
     width = 1  # live hypotheses per sentence: one until the first step has run
     sent = torch.arange(b)  # sentence of each active group of `width` rows
     scores = torch.zeros((b, 1), device=dev)  # (n, width) cumulative log-probabilities
@@ -115,7 +112,7 @@ def beam_search(model: Model, src: torch.Tensor, src_len: torch.Tensor, max_len:
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     n_done = torch.zeros(b, dtype=torch.long)  # (n,) finished hypotheses per active sentence
     for t in range(int(max_len.max()) + 1):
-        state, weights, logp = model.decode_step(prev, state, memory, t, products)  # logp (nw, V)
+        state, weights, logp = model.decode_step(prev, state, memory, t)  # logp (nw, V)
         if keep_attention:
             w = weights.unsqueeze(1)  # (n*width, 1, S)
             att_hist = w if att_hist is None else torch.cat([att_hist, w], dim=1)

@@ -23,7 +23,6 @@ from nmt.errors import CheckpointError, UsageError
 from nmt.fast import int8, kernels
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
-from nmt.model.operations import PLAIN, Products
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -54,18 +53,19 @@ class Translator:
         self.device = device
         self.path = path  # the checkpoint it was loaded from, if any
         self.config, self.step = config, step  # that checkpoint's config and update count
-        self._int8: Products | None = None  # made at the first int8 search
+        self._int8: Seq2Seq | Ensemble | None = None  # made at the first int8 search
 
     def precision(self) -> str:
         """What the searches run in: 'fp32', 'bf16' or 'int8' (`decode.precision` here)."""
         return search_precision(self.decode.precision, self.device.type)
 
-    def products(self) -> Products:
-        """The searches' weight products: 8-bit ones in int8 (`nmt.fast.int8`), made once."""
+    def search_model(self) -> Seq2Seq | Ensemble:
+        """The model the searches run: in int8, a copy with 8-bit weights (`nmt.fast.int8`),
+        made once."""
         if self.precision() != "int8":
-            return PLAIN
+            return self.model
         if self._int8 is None:
-            self._int8 = int8.products()
+            self._int8 = int8.quantized(self.model)
         return self._int8
 
     @classmethod
@@ -130,12 +130,11 @@ class Translator:
         d = self.decode
         max_len = (src_len.float() * d.max_len_ratio).long() + d.max_len_add  # (B,)
         if beam == 1:
-            hyps = greedy(self.model, src, src_len, max_len, keep_attention, top_k,
-                          self.products())
+            hyps = greedy(self.search_model(), src, src_len, max_len, keep_attention, top_k)
             return [[h] for h in hyps]
         alpha = d.length_penalty if length_penalty is None else length_penalty
-        return beam_search(self.model, src, src_len, max_len, beam, n_best, alpha,
-                           keep_attention, d.early_stop, self.products())
+        return beam_search(self.search_model(), src, src_len, max_len, beam, n_best, alpha,
+                           keep_attention, d.early_stop)
 
     def target_pieces(self, hyp: Hypothesis) -> list[str]:
         return self.tokenizer.tgt_pieces(hyp.tokens) + [self.tokenizer.tgt.id_to_piece(EOS)]

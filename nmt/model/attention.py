@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
+from nmt.model.operations import PLAIN_OPERATIONS, Operations
 from nmt.model.scores import AdditiveScore, Score, build_score
 
 TYPES = ("none", "global", "local-m", "local-p", "hard")
@@ -51,17 +51,16 @@ class Memory:
     proj: torch.Tensor | None  # (N, S, ...) keys projected once per batch (None if unused)
     mask: torch.Tensor  # (N, S) True on real source tokens
     group: int = 1  # query rows per memory row: B = N x group
-    products: Products = PLAIN  # how this batch's weight products run (a search's choice)
 
     def select(self, index: torch.Tensor) -> Memory:
         """Memory rows `index` (N',), e.g. to drop finished sentences."""
         proj = None if self.proj is None else self.proj.index_select(0, index)
         return Memory(self.keys.index_select(0, index), proj, self.mask.index_select(0, index),
-                      self.group, self.products)
+                      self.group)
 
     def grouped(self, group: int) -> Memory:
         """The same memory, shared by `group` query rows per memory row."""
-        return Memory(self.keys, self.proj, self.mask, group, self.products)
+        return Memory(self.keys, self.proj, self.mask, group)
 
     def row_mask(self) -> torch.Tensor:
         """(B, S) the mask of each query row."""
@@ -103,7 +102,7 @@ class GlobalAttention(nn.Module):
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
         """(B, Q) query -> (B, S) attention weights."""
-        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
+        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
         return masked_softmax(scores, memory.row_mask())
 
     def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
@@ -138,7 +137,7 @@ class CoverageAttention(GlobalAttention):
         n, s, a = memory.proj.shape
         # (N, group, S, A); doubled, as AdditiveScore.project doubles U h_j
         proj = memory.proj.unsqueeze(1) + 2 * cover.view(n, -1, s, a)
-        return masked_softmax(self.score(query, memory.keys, proj, memory.products), mask)
+        return masked_softmax(self.score(query, memory.keys, proj), mask)
 
 
 class MultiHeadAttention(GlobalAttention):
@@ -171,7 +170,7 @@ class MultiHeadAttention(GlobalAttention):
 
     def forward(self, query: torch.Tensor, memory: Memory, step: int = 0,
                 coverage: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.score.per_head(query, memory.keys, memory.proj, memory.products)
+        scores = self.score.per_head(query, memory.keys, memory.proj)
         mask = memory.row_mask().unsqueeze(2)  # (B, S, 1)
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1,
                                 dtype=at_least_float32(scores))  # (B, S, H)
@@ -218,7 +217,7 @@ class LocalAttention(GlobalAttention):
 
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
-        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
+        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
         p = self.centre(query, memory, step)  # (B,)
         positions = torch.arange(scores.size(1), device=scores.device, dtype=scores.dtype)
         distance = positions.unsqueeze(0) - p.unsqueeze(1)  # (B, S)
@@ -246,7 +245,7 @@ class HardAttention(GlobalAttention):
 
     def align(self, query: torch.Tensor, memory: Memory, step: int,
               coverage: torch.Tensor | None) -> torch.Tensor:
-        scores = self.score(query, memory.keys, memory.proj, memory.products)  # (B, S)
+        scores = self.score(query, memory.keys, memory.proj)  # (B, S)
         logits = scores.masked_fill(~memory.row_mask(), float("-inf"))
         if self.training:
             return F.gumbel_softmax(logits, tau=self.temperature, hard=True)  # (B, S) one-hot

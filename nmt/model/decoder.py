@@ -29,9 +29,7 @@ target in training); `step` does the rest of one step and is the only path, used
 forcing (`forward`) and by search alike. The output layer p(y_t) = softmax(W_s h~_t) (Eq. 6)
 lives in the model, so training can apply it once to the real tokens of all steps.
 
-Each step's weight products run as `memory.products.linear(x, W)`, x W^T, where the caller of
-the loop chose how (`nmt.model.operations.Products`: F.linear, or a search's 8-bit products), and
-the cell's update as `operations.lstm_cell`, given when the model is built.
+The cell's update runs as `operations.lstm_cell`, given when the model is built.
 """
 
 from __future__ import annotations
@@ -39,11 +37,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.data.tokenizer import PAD
 from nmt.model.attention import Attention, Memory
-from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
+from nmt.model.operations import PLAIN_OPERATIONS, Operations
 
 
 @dataclass
@@ -97,10 +96,10 @@ class Decoder(nn.Module):
         for w in self.recurrent:
             nn.init.uniform_(w, -bound, bound)
 
-    def embed_inputs(self, y: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
+    def embed_inputs(self, y: torch.Tensor) -> torch.Tensor:
         """(..., ) previous-token ids -> (..., 4H) their contribution to layer 0's gates."""
         emb = self.dropout(self.embed(y))  # (..., E)
-        wx = products.linear(emb, self.input_layer.weight)  # (..., 4H) W_x y
+        wx = F.linear(emb, self.input_layer.weight)  # (..., 4H) W_x y
         return (self.input_norm(wx) if self.layer_norm else wx) + self.input_layer.bias  # + b
 
     def _cell(self, gates: torch.Tensor, c: torch.Tensor, layer: int
@@ -125,7 +124,7 @@ class Decoder(nn.Module):
             prev = state.h[layer]
             inp = prev if below is None else torch.cat([below, prev], dim=1)
             bias = x if layer == 0 else self.upper_bias[layer - 1]
-            wh = memory.products.linear(inp, self.recurrent[layer])  # (B, 4H)
+            wh = F.linear(inp, self.recurrent[layer])  # (B, 4H)
             if self.layer_norm:
                 wh = self.recurrent_norm[layer](wh)
             h, c = self._cell(bias + wh, state.c[layer], layer)
@@ -134,8 +133,7 @@ class Decoder(nn.Module):
             below = self.dropout(h) if layer + 1 < self.layers else h
         if not self.early:
             context, weights = self.attention(h, memory, t, state.coverage)  # (B, K), (B, S)
-        att = self.dropout(torch.tanh(memory.products.linear(torch.cat([context, h], dim=1),
-                                                             self.combine.weight)))  # (B, H)
+        att = self.dropout(torch.tanh(self.combine(torch.cat([context, h], dim=1))))  # (B, H)
         coverage = None
         if self.attention.uses_coverage:
             coverage = weights if state.coverage is None else state.coverage + weights
@@ -144,7 +142,7 @@ class Decoder(nn.Module):
     def forward(self, tgt_in: torch.Tensor, state: DecoderState,
                 memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: tgt_in (B, T) -> attentional states (B, T, H), weights (B, T, S)."""
-        x = self.embed_inputs(tgt_in, memory.products)  # (B, T, 4H), one product for all steps
+        x = self.embed_inputs(tgt_in)  # (B, T, 4H), one product for all steps
         outputs, weights = [], []
         for t, x_t in enumerate(x.unbind(1)):  # unbind: one backward node
             state, w = self.step(x_t, state, memory, t)

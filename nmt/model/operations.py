@@ -1,13 +1,7 @@
 """The operations that a faster implementation may replace without the model knowing it, as the
-model writes them:
-
-    Operations   the additive attention score, the LSTM cell's update and the summed
-                 cross-entropy of training; `build_model` takes another implementation that
-                 computes the same values (the fast layer's fused kernels,
-                 `nmt.fast.kernels.FUSED`)
-    Products     the weight products x W^T of a search's steps; `Seq2Seq.encode` and
-                 `decode_step` take another implementation (the fast layer's 8-bit products,
-                 `nmt.fast.int8`)
+model writes them: the additive attention score, the LSTM cell's update and the summed
+cross-entropy of training. `build_model` takes another implementation that computes the same
+values (the fast layer's fused kernels, `nmt.fast.kernels.FUSED`).
 """
 
 from __future__ import annotations
@@ -44,11 +38,4 @@ class Operations:
         return F.cross_entropy(logits, target, reduction="sum", label_smoothing=label_smoothing)
 
 
-class Products:
-    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x (..., D) @ weight (O, D)^T -> (..., O), as F.linear without bias."""
-        return F.linear(x, weight)
-
-
 PLAIN_OPERATIONS = Operations()
-PLAIN = Products()

@@ -1,9 +1,7 @@
 """Score functions: how well each source annotation matches the decoder's query.
 
-    proj = score.project(keys)                   # once per batch (None: nothing to precompute)
-    scores = score(query, keys, proj, products)  # per target step, (B, S), before any masking
-
-`products.linear(x, W)` is x W^T, run as the caller chose (`nmt.model.operations.Products`).
+    proj = score.project(keys)         # once per batch (None: nothing to precompute)
+    scores = score(query, keys, proj)  # per target step, (B, S), before any masking
 
 Shapes: B batch, S source length, K key size (2 x encoder size), Q query size (decoder size),
 A size of the additive scorer, H its heads. Keys have N = B / g rows, each shared by g
@@ -17,7 +15,7 @@ import abc
 import torch
 from torch import nn
 
-from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
+from nmt.model.operations import PLAIN_OPERATIONS, Operations
 
 
 class Score(nn.Module, abc.ABC):
@@ -26,8 +24,8 @@ class Score(nn.Module, abc.ABC):
         return None
 
     @abc.abstractmethod
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
-                products: Products = PLAIN) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None
+                ) -> torch.Tensor:
         """(B, Q) query, (N, S, K) keys -> (B, S) unnormalised scores."""
 
 
@@ -66,17 +64,17 @@ class AdditiveScore(Score):
     def project(self, keys: torch.Tensor) -> torch.Tensor:
         return 2 * self.key_layer(keys)  # (B, S, A)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
-                products: Products = PLAIN) -> torch.Tensor:
-        scores = self.per_head(query, keys, proj, products)  # (B, S, H)
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None
+                ) -> torch.Tensor:
+        scores = self.per_head(query, keys, proj)  # (B, S, H)
         return scores.squeeze(2) if self.heads == 1 else scores.sum(2)  # (B, S)
 
-    def per_head(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
-                 products: Products = PLAIN) -> torch.Tensor:
+    def per_head(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None
+                 ) -> torch.Tensor:
         """(B, Q) query, (N, S, A) or (N, g, S, A) proj -> (B, S, H) unnormalised scores of
         each head (the keys themselves are not read)."""
         n, s, a, h = proj.size(0), proj.size(-2), self.v.in_features, self.heads
-        q = 2 * products.linear(query, self.query_layer.weight).view(n, -1, a)  # (N, g, A)
+        q = 2 * self.query_layer(query).view(n, -1, a)  # (N, g, A)
         v = self.v.weight.view(h, a // h)  # (H, A / H): v_h
         return self.operations.additive_score(proj, q, v).view(-1, s, h)  # (B, S, H)
 
@@ -84,8 +82,8 @@ class AdditiveScore(Score):
 class DotScore(Score):
     """Luong et al. (2015), Eq. 8, *dot*: score(h_t, h_s) = h_t^T h_s (needs Q == K)."""
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
-                products: Products = PLAIN) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None
+                ) -> torch.Tensor:
         return _per_query(keys, query)  # (B, S)
 
 
@@ -100,8 +98,8 @@ class GeneralScore(Score):
     def project(self, keys: torch.Tensor) -> torch.Tensor:
         return self.key_layer(keys)  # (B, S, Q)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None,
-                products: Products = PLAIN) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, proj: torch.Tensor | None
+                ) -> torch.Tensor:
         return _per_query(proj, query)  # (B, S)
 
 

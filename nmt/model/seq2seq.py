@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
@@ -17,7 +15,7 @@ from nmt.data.tokenizer import PAD
 from nmt.model.attention import Memory, at_least_float32, build_attention
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
-from nmt.model.operations import PLAIN, PLAIN_OPERATIONS, Operations, Products
+from nmt.model.operations import PLAIN_OPERATIONS, Operations
 
 
 class Bridge(nn.Module):
@@ -53,14 +51,11 @@ class Seq2Seq(nn.Module):
         self.encoder, self.bridge, self.decoder, self.generator = (
             encoder, bridge, decoder, generator)
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor, products: Products = PLAIN
-               ) -> tuple[Memory, DecoderState]:
-        """src (B, S), src_len (B,) -> attention memory and the decoder's initial state; the
-        decoder's steps over this memory run their products with `products`."""
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[Memory, DecoderState]:
+        """src (B, S), src_len (B,) -> attention memory and the decoder's initial state."""
         annotations, final = self.encoder(src, src_len)  # (B, S, K)
         mask = src != PAD  # (B, S)
-        memory = self.decoder.attention.prepare(annotations, mask)
-        return replace(memory, products=products), self.bridge(final)
+        return self.decoder.attention.prepare(annotations, mask), self.bridge(final)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor,
                 tgt_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,20 +73,19 @@ class Seq2Seq(nn.Module):
         gold = tgt_out[real]  # (N,)
         return self.decoder.operations.cross_entropy(logits, gold, label_smoothing), gold.numel()
 
-    def log_probs(self, att: torch.Tensor, products: Products = PLAIN) -> torch.Tensor:
+    def log_probs(self, att: torch.Tensor) -> torch.Tensor:
         """(B, H) attentional states -> (B, V) log-probabilities of the next token, in float32
         (or wider) whatever the products' precision."""
-        logits = products.linear(att, self.generator.weight)  # (B, V)
+        logits = self.generator(att)  # (B, V)
         return torch.log_softmax(logits, dim=-1, dtype=at_least_float32(logits))
 
-    def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory, t: int,
-                    products: Products = PLAIN
+    def decode_step(self, prev: torch.Tensor, state: DecoderState, memory: Memory, t: int
                     ) -> tuple[DecoderState, torch.Tensor, torch.Tensor]:
         """One search step: prev (B,) the previous tokens -> the new state, the attention
         weights (B, S) and the log-probabilities of the next token (B, V)."""
-        x = self.decoder.embed_inputs(prev, products)  # (B, 4H)
+        x = self.decoder.embed_inputs(prev)  # (B, 4H)
         state, weights = self.decoder.step(x, state, memory, t)
-        return state, weights, self.log_probs(state.feed, products)
+        return state, weights, self.log_probs(state.feed)
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int,
