@@ -303,6 +303,15 @@ CASES = [
     Case("numbers/model-too-large",
          train_tiny("--set", "model.hidden_size=100000", "--set", "model.decoder_size=200000"),
          1, "needs at least"),
+    Case("numbers/model-at-the-size-limits",
+         train_tiny(*[f"--set=model.{key}=1000000" for key in (
+             "emb_size", "hidden_size", "decoder_size", "attention.size")],
+             "--set", "model.enc_layers=1000", "--set", "model.dec_layers=1000"),
+         1, "parameters and needs at least"),
+    Case("numbers/sizes-beyond-int64",
+         train_tiny("--set", f"model.hidden_size={2**63}", "--set", f"model.enc_layers={10**30}"),
+         2, f"model.hidden_size: expected at most 1000000, got {2**63}; model.enc_layers: "
+            f"expected at most 1000, got {10**30}"),
     Case("numbers/beam-beyond-int64",
          lambda t, r: ["translate", "--checkpoint", str(r), "--beam", "9" * 25, "Hi."], 2, ""),
     # --- search options at their extremes: refused beyond what the vocabulary allows, handled
