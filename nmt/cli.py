@@ -380,11 +380,14 @@ def average_cmd(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Checkpoint to write (default: averaged.pt in the run "
                                "directory, or beside the first file).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Average checkpoints of another model config, tokenizer or seed "
+                        "anyway (their parameters' shapes must still match).")] = False,
 ) -> None:
     """Average checkpoints of one model into one checkpoint (the mean of their weights)."""
     from nmt.training.averaging import average_command
 
-    typer.echo(str(average_command(paths, last or 0, best or 0, output)))
+    typer.echo(str(average_command(paths, last or 0, best or 0, output, force)))
 
 
 @app.command("serve")
