@@ -422,6 +422,10 @@ def serve_cmd(
     grace: Annotated[float, typer.Option(
         "--grace", min=0, max=3600,
         help="On Ctrl-C/SIGTERM, seconds for which queued requests are still answered.")] = 10.0,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.001, max=3600,
+        help="Seconds a request may take from its headers: 408 if its body is not in by "
+             "then, 504 if its answer is not ready.")] = 60.0,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, help="CPU threads for the model (default: torch's).")] = None,
     precision: PrecisionOpt = None,
@@ -435,7 +439,7 @@ def serve_cmd(
     options = ServeOptions(host=host, port=port, api_key=api_key, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, max_body_bytes=max_body_kb * 1024,
                            max_sentences=max_sentences, max_chars=max_chars, max_beam=max_beam,
-                           max_queue=max_queue, grace_s=grace)
+                           max_queue=max_queue, grace_s=grace, timeout_s=timeout)
     run_server(checkpoint, options, device, _search_precision(precision, int8), threads,
                _state["verbose"])
 

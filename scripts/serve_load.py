@@ -141,15 +141,16 @@ def client_loop(port: int, index: int, requests: int, body: dict, per_request: i
     return latencies, failed
 
 
-def health(port: int) -> dict:
+def info(port: int) -> dict:
+    """The server's /info: the model, and its counters under "served"."""
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    conn.request("GET", "/health")
+    conn.request("GET", "/info")
     return json.loads(conn.getresponse().read())
 
 
 def run_phase(port: int, pid: int, clients: int, requests: int, body: dict,
               per_request: int = 1) -> Phase:
-    batches = health(port)["batches"]
+    batches = info(port)["served"]["batches"]
     start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(pid), cpu_seconds()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda i: client_loop(port, i, requests, body, per_request),
@@ -160,7 +161,7 @@ def run_phase(port: int, pid: int, clients: int, requests: int, body: dict,
     return Phase(clients, clients * requests, (clients * requests - failed) * per_request, failed,
                  seconds,
                  latencies, rss_mib(pid), cpu_seconds(pid) - server_cpu,
-                 cpu_seconds() - client_cpu, health(port)["batches"] - batches)
+                 cpu_seconds() - client_cpu, info(port)["served"]["batches"] - batches)
 
 
 def time_file(checkpoint: str, sentences: list[str], beam: int | None, threads: int | None,
@@ -206,7 +207,7 @@ def main() -> None:
         phases = [run_phase(port, proc.pid, c, args.requests, body, args.per_request)
                   for c in clients]
         peak = rss_mib(proc.pid, "VmHWM")
-        served = health(port)
+        served = info(port)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -215,7 +216,8 @@ def main() -> None:
     file_rate = time_file(args.checkpoint, sent, args.beam, args.threads)
 
     print(f"\nserver: {served['name']} step {served['step']}, {served['parameters']:,} "
-          f"parameters; {served['batches']} batches for {served['sentences']} sentences")
+          f"parameters; {served['served']['batches']} batches for "
+          f"{served['served']['sentences']} sentences")
     print(f"resident memory: {before:.0f} MiB before the load, peak {peak:.0f} MiB\n")
     print("| clients | requests | sentences/s | p50 ms | p95 ms | p99 ms | RSS after MiB | "
           "cores used: server / clients | sentences a batch | failed |\n"
@@ -234,7 +236,7 @@ def main() -> None:
                         "sentences_per_batch": p.sentences / max(1, p.batches),
                         "failed": p.failed} for p in phases],
             "rss_before_mib": before, "rss_peak_mib": peak, "file_sentences_per_s": file_rate,
-            "health": served}, indent=1))
+            "info": served}, indent=1))
     failed = sum(p.failed for p in phases)
     if failed:
         print(f"{failed} requests failed", file=sys.stderr)

@@ -1,13 +1,16 @@
-"""The page of `nmt serve` in a real browser: headless Chromium, driven by Selenium, against a
-real server process on a free loopback port. It types a sentence, waits for the translation,
-checks the heatmap (one cell per source word x target word) and that hovering a target word
-highlights the source word it attended to most, and saves a screenshot under tmp_path.
+"""The pages of `nmt serve` in a real browser: headless Chromium, driven by Selenium, against a
+real server process on a free loopback port, with every other host unreachable and every
+request the browser makes recorded (none may leave the server). On the page it types a
+sentence, waits for the translation, checks the heatmap (one cell per source word x target
+word) and that hovering a target word highlights the source word it attended to most, and saves
+a screenshot under tmp_path; on /docs it checks that the API is shown and can be tried.
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver);
 Selenium uses them as installed and never downloads a browser."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -43,13 +46,36 @@ def browser(tmp_path):
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1100,900", f"--user-data-dir={tmp_path / 'profile'}"):
+                "--window-size=1100,900", f"--user-data-dir={tmp_path / 'profile'}",
+                # offline: every host name but the loopback's fails to resolve, and no proxy
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--no-proxy-server", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
                               options=options)
     yield driver
     driver.quit()
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def requested(browser) -> list[str]:
+    """The URLs the browser requested since the last call (from its performance log)."""
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def assert_only_the_server(urls: list[str], server: str) -> None:
+    """Every request over the network went to the server (chrome:// pages are the browser's
+    own, data: and blob: URLs hold their content)."""
+    network = [u for u in urls if u.split(":")[0] in ("http", "https", "ws", "wss", "ftp")]
+    assert any(u.startswith(server + "/") for u in network), urls
+    assert [u for u in network if not u.startswith(server + "/")] == []
 
 
 def test_the_page_translates_and_shows_the_attention(server, browser, tmp_path):
@@ -60,7 +86,7 @@ def test_the_page_translates_and_shows_the_attention(server, browser, tmp_path):
 
     browser.get(server + "/")
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda b: b.find_element(By.ID, "model").text)  # /health and /info answered
+    wait.until(lambda b: b.find_element(By.ID, "model").text)  # /info answered
     browser.find_element(By.ID, "source").send_keys(SENTENCE)
     browser.find_element(By.ID, "translate").click()
     shown = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".result .translation"))
@@ -93,3 +119,32 @@ def test_the_page_translates_and_shows_the_attention(server, browser, tmp_path):
 
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+    assert_only_the_server(requested(browser), server)
+
+
+def test_the_api_documentation_works_offline(server, browser, tmp_path):
+    """/docs shows each operation, its body's fields and answers, and tries /translate, all
+    from this server alone."""
+    browser.get(server + "/docs")
+    wait = WebDriverWait(browser, 30)
+    op = wait.until(lambda b: b.find_elements(By.ID, "op-post-translate"))[0]
+    assert "POST" in op.text and "/translate" in op.text
+    fields = [row.find_element(By.TAG_NAME, "code").text
+              for row in op.find_elements(By.CSS_SELECTOR, "tr.field")]
+    assert fields == ["text", "beam", "n_best", "length_penalty", "attention"]
+    answers = {row.find_elements(By.TAG_NAME, "td")[0].text
+               for row in op.find_elements(By.CSS_SELECTOR, "tr.answer")}
+    assert {"200", "400", "413", "422", "503", "504"} <= answers
+    assert browser.find_elements(By.ID, "op-get-health")
+    assert browser.find_elements(By.ID, "op-get-info")
+    assert browser.find_elements(By.ID, "schema-TranslateResponse")
+
+    request = op.find_element(By.CSS_SELECTOR, "textarea.request")
+    request.clear()
+    request.send_keys(json.dumps({"text": SENTENCE}))
+    op.find_element(By.CSS_SELECTOR, "button.send").click()
+    shown = wait.until(lambda b: op.find_element(By.CSS_SELECTOR, "pre.response").text)
+    status, _, body = shown.partition("\n")
+    assert status == "200" and json.loads(body)["translations"][0]["source"]
+    browser.save_screenshot(str(tmp_path / "docs.png"))
+    assert_only_the_server(requested(browser), server)

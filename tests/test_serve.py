@@ -24,7 +24,7 @@ from nmt.config import from_dict, to_dict
 from nmt.inference.explain import attention_record
 from nmt.inference.translator import load_translator
 from nmt.model.seq2seq import build_model
-from nmt.serve.batcher import Batcher, Busy, DecodeKey, ShuttingDown
+from nmt.serve.batcher import Batcher, Busy, DecodeKey, ShuttingDown, TimedOut
 from nmt.serve.options import ServeOptions
 
 from conftest import http_json, serve_process
@@ -102,12 +102,12 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(translator):
     alone = {s: translator.translate([s])[0].text for s in set(sentences)}
     with serve(translator, max_wait_ms=300) as c, ThreadPoolExecutor(len(sentences)) as pool:
         responses = list(pool.map(lambda s: post(c, {"text": s}), sentences))
-        health = c.get("/health").json()
+        served = c.get("/info").json()["served"]
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     assert [r.json()["translations"][0]["text"] for r in responses] == [alone[s] for s in
                                                                          sentences]
-    assert health["requests"] == len(sentences) and health["sentences"] == len(sentences)
-    assert health["batches"] < len(sentences)
+    assert served["requests"] == len(sentences) and served["sentences"] == len(sentences)
+    assert served["batches"] < len(sentences)
 
 
 def test_attention_is_target_words_by_source_words(client, translator):
@@ -168,16 +168,33 @@ def test_every_attention_type_gives_a_well_formed_matrix(translator, tmp_path, k
 
 
 def test_health_and_info(client, translator, trained_run):
-    health = client.get("/health").json()
-    assert health["status"] == "ok" and health["model_loaded"] is True
-    assert health["name"] == "tiny" and health["step"] == 150
-    assert health["parameters"] == sum(p.numel() for p in translator.model.parameters())
-    assert Path(health["checkpoint"]) == checkpoint.resolve(trained_run)
+    assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
+    assert info["name"] == "tiny" and info["step"] == 150
+    assert info["parameters"] == sum(p.numel() for p in translator.model.parameters())
+    assert info["checkpoint"] == checkpoint.resolve(trained_run).name  # a name, not a path
     assert info["vocabulary"] == {"source": translator.tokenizer.src_vocab_size,
                                   "target": translator.tokenizer.tgt_vocab_size}
     assert info["attention"]["type"] == "global" and info["decode"]["beam"] == 3
     assert info["limits"]["max_sentences"] == ServeOptions().max_sentences
+    assert info["limits"]["timeout_s"] == ServeOptions().timeout_s
+
+
+def test_health_is_public_and_no_answer_names_a_path(translator, trained_run):
+    """A load balancer's probe needs no key and learns nothing but the status; no answer
+    tells where the checkpoint lies on the server's disk."""
+    key = {"X-API-Key": "s3cret"}
+    with serve(translator, api_key="s3cret") as c:
+        health = c.get("/health")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert c.get("/info").status_code == 401 and post(c, {"text": "a."}).status_code == 401
+        answers = [c.get(path, headers=key) for path in ("/health", "/info", "/openapi.json",
+                                                         "/docs", "/")]
+        answers += [post(c, body, headers=key) for body in ({"text": SENTENCES},
+                                                            {"text": 5}, {"beam": 99})]
+    where = str(checkpoint.resolve(trained_run).parent)
+    assert all(a.status_code in (200, 422) for a in answers), [a.text for a in answers]
+    assert not [a.text for a in answers if where in a.text or str(trained_run) in a.text]
 
 
 def test_page_and_api_documentation(client):
@@ -188,7 +205,14 @@ def test_page_and_api_documentation(client):
     assert " src=" not in page.text and "<link" not in page.text
     schema = client.get("/openapi.json").json()
     assert {"/translate", "/health", "/info"} <= set(schema["paths"])
-    assert "TranslateRequest" in schema["components"]["schemas"]
+    body = schema["paths"]["/translate"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["title"] == "TranslateRequest" and "text" in body["schema"]["required"]
+    assert "TranslateResponse" in schema["components"]["schemas"]
+    docs = client.get("/docs")  # works offline: nothing fetched from another host
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assert " src=" not in docs.text and "<link" not in docs.text
+    assert client.get("/redoc").status_code == 404  # it would need a CDN
 
 
 # --- refusals --------------------------------------------------------------------------------
@@ -232,23 +256,63 @@ def test_body_size_limit_with_and_without_content_length(translator):
 
 
 @pytest.mark.parametrize("content, content_type", [
-    (b'{"text": "The cat', "application/json"),
+    (b'{"text": "The cat', "application/json"),  # truncated
     (b"\xff\xfe not json", "application/json"),
+    (b'{"text": "caf\xe9."}', "application/json"),  # Latin-1, not UTF-8
+    (b'\xef\xbb\xbf{"text": "a."}', "application/json"),  # a byte order mark
     (b"The cat sees the ball.", "text/plain"),
+    (b'{"text": "a."}', "text/plain"),
+    (b'{"text": "a."}', "application/x-www-form-urlencoded"),  # curl -d without -H
     (b"", "application/json"),
+    (b"   ", "application/json"),
+    (b'{"text": "a."} {"text": "b."}', "application/json"),
 ])
-def test_malformed_bodies_are_400_or_422(client, content, content_type):
+def test_every_malformed_body_is_400(client, content, content_type):
     response = client.post("/translate", content=content, headers={"content-type":
                                                                     content_type})
-    assert response.status_code in (400, 422), response.text
-    assert response.json()["detail"]
+    assert response.status_code == 400, response.text
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+@pytest.mark.parametrize("content, status", [
+    (b'{"text": "a.", "beam": NaN}', 400),  # Python's json reads these; JSON has none
+    (b'{"text": "a.", "length_penalty": Infinity}', 400),
+    (b'{"text": "a.", "length_penalty": -Infinity}', 400),
+    (b'{"text": "a.", "length_penalty": 1e999}', 400),  # overflows to infinity
+    (b'{"text": "a.", "beam": 1e999, "n_best": -1e999}', 400),
+    (b'{"text": "a.", "beam": ' + b"9" * 5000 + b"}", 400),  # past Python's int parsing
+    (b'{"text": "\\ud800"}', 400),  # a lone surrogate: no character, cannot be echoed
+    (b'{"text": 5, "extra": "\\udfff"}', 400),
+    (b'{"\\udc80": 1, "text": "a."}', 400),
+    (b'{"text": "a\\ud83d."}', 400),
+    (b"[" * 100_000 + b"]" * 100_000, 400),  # deeper than the parser's recursion
+    (b'{"text": ' + b"[" * 40 + b'"a."' + b"]" * 40 + b"}", 400),
+    (b'{"text": "a.", "beam": 1e308}', 422),  # finite, but not an integer
+    (b'{"text": "a.", "beam": ' + b"9" * 4000 + b"}", 422),  # huge, but a number
+    (b'{"text": "a.", "length_penalty": 1e308}', 422),
+    (b'{"text": "a.", "length_penalty": -0.0}', 200),
+    (b'{"text": "\\ud83d\\ude00 a."}', 200),  # a surrogate pair is one character
+    (b'{"text": [' + b'"a.", ' * 3 + b'["a."]]}', 422),
+])
+def test_values_json_cannot_write_back_are_refused_as_json(client, content, status):
+    """Whatever the client sent, a refusal is a JSON 4xx, never a 500: values that JSON
+    cannot encode (NaN, infinities), that cannot be echoed (lone surrogates), nesting deeper
+    than any request needs and numbers past Python's parser are unreadable bodies (400)."""
+    response = client.post("/translate", content=content,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    body = json.loads(response.content.decode("utf-8"))  # strict: valid UTF-8 and JSON
+    if status != 200:
+        assert body["detail"]
+    if status == 400:
+        assert len(response.content) < 1024  # the value is not echoed
+    assert post(client, {"text": "The cat sees the ball."}).status_code == 200
 
 
 def test_api_key(translator):
     with serve(translator, api_key="s3cret") as c:
-        for path in ("/health", "/info"):
-            assert c.get(path).status_code == 401
-            assert c.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/info").status_code == 401
+        assert c.get("/info", headers={"X-API-Key": "s3cret"}).status_code == 200
         body = {"text": "The cat sees the ball."}
         refused = post(c, body)
         assert refused.status_code == 401 and "X-API-Key" in refused.json()["detail"]
@@ -261,6 +325,37 @@ def test_api_key(translator):
         # unauthenticated: refused before the body is read or checked
         assert c.post("/translate", content=b"{").status_code == 401
         assert c.get("/").status_code == 200  # the page asks for the key itself
+
+
+def _slow(translator, seconds: float, translated: list[str]):
+    """The translator, each call taking `seconds` longer and recording its sentences."""
+    slow = load_translator(translator.path)
+    translate = slow.translate
+
+    def late(sentences, **kw):
+        translated.extend(sentences)
+        time.sleep(seconds)
+        return translate(sentences, **kw)
+
+    slow.translate = late
+    return slow
+
+
+def test_a_request_past_its_deadline_gets_504_and_leaves_the_queue(translator):
+    translated: list[str] = []
+    with serve(_slow(translator, 1.5, translated), timeout_s=0.6, max_wait_ms=0) as c, \
+            ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(post, c, {"text": "The cat sees the ball."})
+        time.sleep(0.2)
+        start = time.monotonic()
+        queued = post(c, {"text": "My friends buy bread."})  # behind the slow one
+        took = time.monotonic() - start
+        assert queued.status_code == 504, queued.text
+        assert "0.6 s" in queued.json()["detail"] and took < 1.4  # not after the slow one
+        assert slow.result(10).status_code == 504
+        time.sleep(1.5)  # the slow batch ends; the queued request was dropped meanwhile
+        assert c.app.state.batcher.queued == 0
+    assert translated == ["The cat sees the ball."]
 
 
 def test_a_stopping_server_answers_503(translator):
@@ -342,6 +437,71 @@ def test_a_cancelled_job_costs_nothing():
     batcher.close()
 
 
+def test_cancelled_jobs_of_other_options_do_not_fill_the_queue():
+    """Only live jobs count towards --max-queue: a cancelled job of another decoding option,
+    which no batch of the running option would remove, must not make the queue look full."""
+    fake = FakeModel(delay=0.3)
+    batcher = Batcher(fake, max_batch=8, max_wait_s=0, max_queue=3)
+    running = batcher.submit(["a"], KEY)
+    assert fake.started.wait(5)
+    gone = batcher.submit(["x", "y"], OTHER)
+    assert gone.cancel()
+    assert batcher.queued == 0
+    queued = batcher.submit(["b", "c", "d"], KEY)  # Busy if "x" and "y" still counted
+    assert batcher.queued == 3
+    assert running.result(5) == ["A"] and queued.result(5) == ["B", "C", "D"]
+    assert all(key == KEY for _, key in fake.batches) and batcher.stats.cancelled == 1
+    batcher.close()
+
+
+def test_cancelled_jobs_do_not_make_a_batch_start_early():
+    """A batch starts when its live jobs fill it or its wait ends: cancelled sentences do not
+    count, so a request sent within the wait still joins the batch."""
+    fake = FakeModel(delay=0.3)
+    batcher = Batcher(fake, max_batch=3, max_wait_s=1.0, max_queue=100)
+    running = batcher.submit(["r"], KEY)
+    assert fake.started.wait(5)
+    gone = batcher.submit(["x", "y"], KEY)
+    assert gone.cancel()
+    first = batcher.submit(["a"], KEY)
+    assert running.result(5) == ["R"]
+    second = batcher.submit(["b"], KEY)  # within the wait after the worker became free
+    assert first.result(5) == ["A"] and second.result(5) == ["B"]
+    assert [sentences for sentences, _ in fake.batches] == [["r"], ["a", "b"]]
+    batcher.close()
+
+
+def test_a_job_past_its_deadline_is_dropped_not_translated():
+    fake = FakeModel(delay=0.5)
+    batcher = Batcher(fake, max_batch=1, max_wait_s=0, max_queue=100)
+    running = batcher.submit(["a"], KEY)
+    assert fake.started.wait(5)
+    late = batcher.submit(["late"], KEY, deadline=time.monotonic() + 0.1)
+    assert running.result(5) == ["A"]
+    with pytest.raises(TimedOut):
+        late.result(5)
+    assert batcher.submit(["b"], KEY).result(5) == ["B"]
+    assert [sentences for sentences, _ in fake.batches] == [["a"], ["b"]]
+    assert batcher.queued == 0
+    batcher.close()
+
+
+def test_retries_of_a_failed_batch_stop_at_each_request_s_deadline():
+    """A failed batch is retried one request at a time; a request whose deadline passed
+    meanwhile is not retried, so a slow failure cannot hold the queue forever."""
+    fake = FakeModel(delay=0.5, fail_on="boom")
+    batcher = Batcher(fake, max_batch=8, max_wait_s=0.05, max_queue=100)
+    deadline = time.monotonic() + 0.8  # the batch fails at about 0.55 s, "a" ends at 1.05 s
+    jobs = [batcher.submit([s], KEY, deadline=deadline) for s in ("a", "boom", "b")]
+    assert jobs[0].result(5) == ["A"]
+    for job in jobs[1:]:
+        with pytest.raises(TimedOut):
+            job.result(5)
+    assert [sentences for sentences, _ in fake.batches] == [["a", "boom", "b"], ["a"]]
+    assert batcher.submit(["c"], KEY).result(5) == ["C"]
+    batcher.close()
+
+
 def test_a_failing_request_fails_alone_and_the_worker_lives_on():
     fake = FakeModel(fail_on="boom")
     batcher = Batcher(fake, max_batch=8, max_wait_s=0.2, max_queue=100)
@@ -402,6 +562,24 @@ def test_startup_errors_are_one_line(trained_run, tmp_path):
             assert len(result.stderr.strip().splitlines()[-1:]) == 1
 
 
+@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.parametrize("key", ["cl\u00e9", "\u043a\u043b\u044e\u0447", "key\u00a02",
+                                 "tab\tkey"])
+def test_a_key_no_header_can_carry_is_refused_at_start(tmp_path, how, key):
+    """A header arrives as Latin-1 bytes, the key is compared as UTF-8: a key outside visible
+    ASCII could never match, so the server refuses to start with it (exit 2, before loading
+    anything), without echoing the key."""
+    args = ["serve", "--checkpoint", str(tmp_path / "missing.pt"), "--port", "0"]
+    if how == "option":
+        result = runner.invoke(cli_app, [*args, "--api-key", key])
+    else:
+        result = runner.invoke(cli_app, args, env={"NMT_API_KEY": key})
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--api-key" in lines[0] and "ASCII" in lines[0]
+    assert key not in result.output and "Traceback" not in result.output
+
+
 def test_without_fastapi_the_command_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # makes `import fastapi` fail
     result = runner.invoke(cli_app, ["serve"])
@@ -419,7 +597,10 @@ def test_the_api_key_comes_from_the_option_or_the_environment(monkeypatch):
                          env={"NMT_API_KEY": None}).exit_code == 0
     assert [o.api_key for o in seen] == ["k1", "k2", None]
     assert seen[2].host == "127.0.0.1" and seen[2].max_wait_ms == 2
-    assert seen[2].max_body_bytes == 3 * 1024
+    assert seen[2].max_body_bytes == 3 * 1024 and seen[2].timeout_s == 60
+    assert runner.invoke(cli_app, ["serve", "--timeout", "2.5"]).exit_code == 0
+    assert seen[3].timeout_s == 2.5
+    assert runner.invoke(cli_app, ["serve", "--timeout", "0"]).exit_code == 2
 
 
 def test_a_process_drops_a_departed_client_and_stops_cleanly_on_sigterm(trained_run):
@@ -435,8 +616,8 @@ def test_a_process_drops_a_departed_client_and_stops_cleanly_on_sigterm(trained_
         time.sleep(0.3)
         status, answer = http_json(url + "/translate", {"text": "The cat sees the ball."})
         assert status == 200 and answer["translations"][0]["text"]
-        _, health = http_json(url + "/health")  # the departed request came first: had it
-        assert health["requests"] == 1 and health["sentences"] == 1  # been kept, it would count
+        _, info = http_json(url + "/info")  # the departed request came first: had it been
+        assert info["served"]["requests"] == 1  # kept, it would count
         with ThreadPoolExecutor(1) as pool:  # in flight when SIGTERM comes: still answered
             pending = pool.submit(http_json, url + "/translate", {"text": "The cat sees the ball."})
             time.sleep(0.5)

@@ -5,14 +5,17 @@
                  requests that arrive together as one batch
     answer.py    a request checked against the limits; a translation as JSON-ready data
     schema.py    the request and response bodies (pydantic, shown at /docs)
-    guard.py     the body-size limit and the API key
-    model_info.py  what /health and /info say about the model
-    app.py       the FastAPI application: routes, errors, the page
+    body.py      a /translate body read as strict JSON, then checked against the schema
+    guard.py     the API key, the body-size limit and each request's deadline
+    model_info.py  what /info says about the model
+    app.py       the FastAPI application: routes, errors, the pages
     server.py    binding, uvicorn, signals: what `nmt serve` runs
     page.html    the page: type English, read the Portuguese, the n-best list and the attention
+    docs.html    the API's documentation, rendered from /openapi.json with nothing fetched
+                 from elsewhere
 
 FastAPI and uvicorn are an optional extra (`pip install 'nmt[serve]'`): only `server.py`,
-`app.py`, `guard.py` and `schema.py` import them.
+`app.py`, `guard.py`, `body.py` and `schema.py` import them or pydantic.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ from nmt.serve.options import ServeOptions
 
 
 class RequestError(Exception):
-    """A request the server refuses: `status` is the HTTP status, str(err) the detail."""
+    """A request the server refuses: `status` is the HTTP status, `detail` one line or, for an
+    invalid body (422), a list of problems ({"loc", "msg", "type"}), as JSON writes them."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str | list[dict]) -> None:
         super().__init__(detail)
-        self.status = status
+        self.status, self.detail = status, detail
 
 
 def widest_allowed(translator: Translator, options: ServeOptions) -> int:

@@ -1,7 +1,9 @@
-"""The FastAPI application: the page, /translate, /health and /info, over one translator.
+"""The FastAPI application: the page, its API's documentation, /translate, /health and /info,
+over one translator.
 
-Every refusal is JSON `{"detail": ...}` with its status: 400 (unreadable body), 401 (API key),
-413 (too large), 422 (invalid or out-of-range options), 503 (busy or shutting down)."""
+Every refusal is JSON `{"detail": ...}` with its status: 400 (a body that is not strict JSON),
+401 (API key), 408 (a body not received in time), 413 (too large), 422 (invalid or
+out-of-range options), 503 (busy or shutting down), 504 (no answer in time)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from functools import partial
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from nmt import __version__
 from nmt.inference.translator import Translator
 from nmt.serve import schema
 from nmt.serve.answer import RequestError, check_request, translate_batch
-from nmt.serve.batcher import Batcher, Busy, ShuttingDown
-from nmt.serve.guard import Guard, key_checker
+from nmt.serve.batcher import Batcher, Busy, ShuttingDown, TimedOut
+from nmt.serve.body import read_request
+from nmt.serve.guard import DEADLINE, Guard, key_checker
 from nmt.serve.model_info import ModelInfo, describe
 from nmt.serve.options import ServeOptions
 
@@ -31,14 +35,20 @@ Requests that arrive together are translated as one batch; answers equal `nmt tr
 with the same options. The page at `/` shows translations, n-best lists and attention."""
 
 _ERRORS = {status: {"model": schema.ErrorBody, "description": text} for status, text in [
+    (400, "Not a strict JSON body: empty, not UTF-8, not JSON, another Content-Type, NaN or "
+          "infinite numbers, lone surrogates, nesting too deep."),
     (401, "No or a wrong API key (when the server has one)."),
+    (408, "The body did not arrive within the server's --timeout."),
     (413, "Body, sentence count or sentence length over the server's limits."),
-    (503, "The server is busy or shutting down: try again later.")]}
+    (503, "The server is busy or shutting down: try again later."),
+    (504, "No answer within the server's --timeout: try again later.")]}
+_ERRORS[422] = {"model": schema.InvalidBody, "description": "JSON, but not a valid request: "
+                "unknown keys, wrong types, options out of range."}
 
 
-def page_html() -> str:
-    """The self-contained page (package data: nmt/serve/page.html)."""
-    return resources.files("nmt.serve").joinpath("page.html").read_text(encoding="utf-8")
+def packaged_html(name: str) -> str:
+    """A self-contained page shipped with the package (nmt/serve/page.html, docs.html)."""
+    return resources.files("nmt.serve").joinpath(name).read_text(encoding="utf-8")
 
 
 def create_app(translator: Translator, options: ServeOptions,
@@ -55,25 +65,33 @@ def create_app(translator: Translator, options: ServeOptions,
         batcher.close(options.grace_s)
         await asyncio.to_thread(batcher.join, options.grace_s + 60)
 
-    app = FastAPI(title="nmt", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="nmt", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # theirs load scripts from a CDN
     app.state.batcher = batcher
-    app.add_middleware(Guard, max_bytes=options.max_body_bytes, api_key=options.api_key)
+    app.add_middleware(Guard, max_bytes=options.max_body_bytes, api_key=options.api_key,
+                       timeout_s=options.timeout_s, stopping=lambda: batcher.closing)
     app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     guarded = [Depends(key_checker(options.api_key))]
-    page = page_html()
+    page, docs = packaged_html("page.html"), packaged_html("docs.html")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def documentation() -> HTMLResponse:
+        return HTMLResponse(docs)
+
     @app.post("/translate", response_model=schema.TranslateResponse, dependencies=guarded,
-              responses=_ERRORS)
-    async def translate(body: schema.TranslateRequest, request: Request):
+              responses=_ERRORS, openapi_extra=schema.request_body())
+    async def translate(request: Request):
         """Translate one sentence or a list; optionally with n-best lists and attention."""
+        body = read_request(await request.body(), request.headers.get("content-type"))
         sentences, key = check_request(body.text, body.beam, body.n_best, body.length_penalty,
                                        body.attention, translator, options)
         try:
-            future = batcher.submit(sentences, key)
+            future = batcher.submit(sentences, key, request.scope.get(DEADLINE))
         except (Busy, ShuttingDown) as err:
             return _unavailable(str(err))
         answers = await _wait_unless_gone(future, request)
@@ -82,23 +100,22 @@ def create_app(translator: Translator, options: ServeOptions,
         return {"translations": answers, "beam": key.beam, "n_best": key.n_best,
                 "length_penalty": key.length_penalty}
 
-    @app.get("/health", response_model=schema.Health, dependencies=guarded,
-             responses={k: v for k, v in _ERRORS.items() if k != 413})
+    @app.get("/health", response_model=schema.Health, responses={503: _ERRORS[503]})
     async def health():
-        """Whether the model is loaded and serving, which one, and how much it has done."""
-        s = batcher.stats
-        body = {"status": "shutting down" if batcher.closing else "ok", "model_loaded": True,
-                "name": info.name, "checkpoint": info.checkpoint, "step": info.step,
-                "parameters": info.parameters, "device": info.device,
-                "queued_sentences": batcher.queued, "batches": s.batches,
-                "requests": s.requests, "sentences": s.sentences}
-        return JSONResponse(body, status_code=503) if batcher.closing else body
+        """Whether the server is serving (no key needed: for load balancers' probes)."""
+        if batcher.closing:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok"}
 
     @app.get("/info", response_model=schema.Info, dependencies=guarded,
              responses={401: _ERRORS[401]})
     async def model_info():
-        """The model's configuration, vocabulary sizes, attention type and the limits."""
-        return {**info.summary(), "limits": options.limits()}
+        """The model (name, checkpoint file, step, parameters, configuration, vocabulary sizes,
+        attention type), the limits, and what the server has done since startup."""
+        s = batcher.stats
+        served = {"queued_sentences": batcher.queued, "batches": s.batches,
+                  "requests": s.requests, "sentences": s.sentences}
+        return {**info.summary(), "limits": options.limits(), "served": served}
 
     return app
 
@@ -110,18 +127,19 @@ async def _wait_unless_gone(future, request: Request) -> list | None:
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when cancelled at the deadline (guard.py)
         gone.cancel()
-        if not future.done():
-            future.cancel()
+        future.cancel()  # no-op once the worker has started it
+        waiter.cancel()  # so that an outcome arriving later is not left unread
     if waiter not in done:
-        waiter.cancel()
         log.info("a client left before its answer; its request was dropped")
         return None
     try:
         return waiter.result()
     except ShuttingDown as err:
         raise RequestError(503, str(err)) from None
+    except TimedOut as err:
+        raise RequestError(504, f"{err} (--timeout): try again later") from None
     except Exception as err:  # logged by the worker, which lives on
         raise RequestError(500, f"translation failed ({type(err).__name__}: {err})") from None
 
@@ -138,4 +156,11 @@ def _unavailable(detail: str) -> JSONResponse:
 async def _request_error(request: Request, err: RequestError) -> JSONResponse:
     if err.status == 503:
         return _unavailable(str(err))
-    return JSONResponse({"detail": str(err)}, status_code=err.status)
+    return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422, without the refused values (JSON may not be able to write them)."""
+    return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")),
+                                     "type": str(e.get("type"))} for e in err.errors()]},
+                        status_code=422)

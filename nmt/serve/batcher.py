@@ -5,7 +5,8 @@ A request is a job: its sentences, its decoding options (a `DecodeKey`) and a fu
 worker takes the oldest job, waits until `max_wait_s` after it arrived for others with the
 same options (or until they hold `max_batch` sentences), and translates them in one call.
 Jobs with other options wait for a batch of their own. A job whose future was cancelled (its
-client went away) is dropped before it costs any work.
+client went away) or whose deadline passed is dropped before it costs any work, and only live
+jobs count towards the queue's limit and a batch's size.
 
 Under load the wait counts from when the worker became free, not from the oldest arrival:
 the clients just answered send their next requests within milliseconds, and waiting for them
@@ -47,12 +48,25 @@ class ShuttingDown(Exception):
     """The server is stopping and takes no more work."""
 
 
+class TimedOut(Exception):
+    """The job's deadline passed before its turn came."""
+
+
 @dataclass
 class _Job:
     sentences: list[str]
     key: DecodeKey
+    deadline: float = float("inf")  # time.monotonic() after which nobody awaits the answer
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
+
+    def expired(self, now: float) -> bool:
+        """True, and the future failed with TimedOut, if the deadline has passed and the job
+        is still to run."""
+        if now < self.deadline or not self.future.set_running_or_notify_cancel():
+            return False
+        self.future.set_exception(TimedOut("the request's deadline passed before its turn"))
+        return True
 
 
 @dataclass
@@ -63,6 +77,7 @@ class BatchStats:
     requests: int = 0
     sentences: int = 0
     cancelled: int = 0
+    timed_out: int = 0
     failed: int = 0
 
 
@@ -93,14 +108,20 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        """Sentences of live jobs waiting for the model."""
+        with self._cond:
+            self._drop_dead()
+            return self._queued
 
-    def submit(self, sentences: list[str], key: DecodeKey) -> Future:
-        """Queues a job; the future's result is the list of answers, in order."""
-        job = _Job(list(sentences), key)
+    def submit(self, sentences: list[str], key: DecodeKey,
+               deadline: float | None = None) -> Future:
+        """Queues a job; the future's result is the list of answers, in order. Past `deadline`
+        (a time.monotonic() value) a job not yet translated fails with TimedOut."""
+        job = _Job(list(sentences), key, float("inf") if deadline is None else deadline)
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
+            self._drop_dead()
             if self._queued and self._queued + len(job.sentences) > self.max_queue:
                 raise Busy(f"{self._queued} sentences are waiting (at most {self.max_queue})")
             self._queue.append(job)
@@ -135,6 +156,7 @@ class Batcher:
             while True:
                 if self._closing and time.monotonic() >= self._deadline:
                     self._fail_queued()
+                self._drop_dead()
                 if not self._queue:
                     if self._closing:
                         return None
@@ -148,11 +170,25 @@ class Batcher:
                     return self._take(first.key)
                 self._cond.wait(wait)
 
+    def _drop_dead(self) -> None:
+        """Removes the jobs that nobody awaits any more: cancelled, or past their deadline."""
+        now, live = time.monotonic(), deque()
+        for job in self._queue:
+            if job.future.cancelled():
+                self.stats.cancelled += 1
+            elif job.expired(now):
+                self.stats.timed_out += 1
+            else:
+                live.append(job)
+                continue
+            self._queued -= len(job.sentences)
+        self._queue = live
+
     def _take(self, key: DecodeKey) -> list[_Job]:
         """Removes from the queue, oldest first, the jobs of `key` that fit in one batch (the
-        first always does) and the cancelled ones met on the way."""
+        first always does) and the dead ones met on the way."""
         taken, size, kept = [], 0, deque()
-        full = False
+        full, now = False, time.monotonic()
         for job in self._queue:
             if job.key != key or full:
                 kept.append(job)
@@ -162,6 +198,9 @@ class Batcher:
                 kept.append(job)
                 continue
             self._queued -= len(job.sentences)
+            if job.expired(now):
+                self.stats.timed_out += 1
+                continue
             if not job.future.set_running_or_notify_cancel():
                 self.stats.cancelled += 1
                 continue
@@ -180,15 +219,23 @@ class Batcher:
 
     def _answer(self, jobs: list[_Job]) -> None:
         """Translates the jobs' sentences in one call and hands each job its answers. If the
-        call fails, each job is retried alone, so one bad request fails only itself."""
+        call fails, each job is retried alone, so one bad request fails only itself; a job
+        whose deadline has passed meanwhile is not retried."""
         sentences = [s for job in jobs for s in job.sentences]
         start = time.perf_counter()
         try:
             answers = self._translate(sentences, jobs[0].key)
         except Exception as err:  # the worker must outlive any request
             if len(jobs) > 1:
+                log.warning("a batch of %d requests failed (%s); retrying them one at a time",
+                            len(jobs), type(err).__name__)
                 for job in jobs:
-                    self._answer([job])
+                    if time.monotonic() < job.deadline:
+                        self._answer([job])
+                    else:
+                        self.stats.timed_out += 1
+                        job.future.set_exception(TimedOut("the request's deadline passed "
+                                                          "while its batch was retried"))
                 return
             log.exception("translating a request of %d sentences failed", len(sentences))
             self.stats.failed += 1

@@ -1,9 +1,10 @@
-"""What /health and /info say about the model, from what its translator read from the
-checkpoint."""
+"""What /info says about the model, from what its translator read from the checkpoint: its
+file's name, never where it lies on the server's disk."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from nmt.config import Config
 from nmt.inference.translator import Translator
@@ -12,7 +13,7 @@ from nmt.inference.translator import Translator
 @dataclass(frozen=True)
 class ModelInfo:
     name: str  # the run's name (config `name`)
-    checkpoint: str  # the file it was loaded from
+    checkpoint: str  # the name of the file it was loaded from (never its path)
     step: int | None  # updates trained when it was written
     parameters: int  # trainable and frozen, all of them
     device: str
@@ -21,10 +22,12 @@ class ModelInfo:
     tgt_vocab: int
 
     def summary(self) -> dict:
-        """The /info body, less the server's limits."""
+        """The /info body, less the server's limits and counters."""
         m = self.config.model
         sizes = {k: v for k, v in asdict(m).items() if k != "attention"}
-        return {"name": self.name, "attention": asdict(m.attention), "model": sizes,
+        return {"name": self.name, "checkpoint": self.checkpoint, "step": self.step,
+                "parameters": self.parameters, "device": self.device,
+                "attention": asdict(m.attention), "model": sizes,
                 "vocabulary": {"source": self.src_vocab, "target": self.tgt_vocab},
                 "decode": asdict(self.config.decode)}
 
@@ -36,7 +39,7 @@ def describe(translator: Translator) -> ModelInfo:
     if cfg is None or translator.path is None:
         raise ValueError("describe() needs a translator loaded from a checkpoint")
     return ModelInfo(
-        name=cfg.name, checkpoint=str(translator.path), step=translator.step,
+        name=cfg.name, checkpoint=Path(translator.path).name, step=translator.step,
         parameters=sum(p.numel() for p in translator.model.parameters()),
         device=str(translator.device), config=replace(cfg, decode=translator.decode),
         src_vocab=translator.tokenizer.src_vocab_size,

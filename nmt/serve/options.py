@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from nmt.errors import UsageError
+
+_VISIBLE_ASCII = re.compile(r"[!-~]+")  # what a client can send in a header, as it was typed
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class ServeOptions:
     max_beam: int = 16  # widest beam a request may ask for (422 above)
     max_queue: int = 4096  # sentences waiting for the model at most (503 above: busy)
     grace_s: float = 10.0  # on Ctrl-C/SIGTERM, how long queued requests may still be answered
+    timeout_s: float = 60.0  # a request's deadline from its headers: 408 for the body, 504 after
 
     def check(self) -> None:
         """Raises one UsageError naming every option out of its range."""
@@ -35,9 +39,14 @@ class ServeOptions:
             ("--max-beam", self.max_beam, self.max_beam >= 1, "at least 1"),
             ("--max-queue", self.max_queue, self.max_queue >= 1, "at least 1"),
             ("--grace", self.grace_s, 0 <= self.grace_s <= 3600, "0-3600 seconds"),
+            ("--timeout", self.timeout_s, 0 < self.timeout_s <= 3600, "0-3600 seconds, not 0"),
         ] if not ok]
         if self.api_key is not None and not self.api_key.strip():
             problems.append("--api-key: expected a non-empty key (or leave NMT_API_KEY unset)")
+        elif self.api_key is not None and not _VISIBLE_ASCII.fullmatch(self.api_key):
+            problems.append("--api-key: expected visible ASCII characters only (letters, digits, "
+                            "punctuation): an HTTP header cannot carry the others reliably, so "
+                            "such a key would never match")
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -51,8 +60,8 @@ class ServeOptions:
         except ValueError:
             return False
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, float]:
         """The limits a client must respect, as /info reports them."""
         return {"max_body_bytes": self.max_body_bytes, "max_sentences": self.max_sentences,
                 "max_chars": self.max_chars, "max_beam": self.max_beam,
-                "max_batch": self.max_batch}
+                "max_batch": self.max_batch, "timeout_s": self.timeout_s}

@@ -1,7 +1,8 @@
 """The API's request and response bodies; FastAPI shows them at /docs and /openapi.json.
 
 Requests are strict: unknown keys, strings for numbers and numbers for strings are refused
-(422), as the config loader refuses them."""
+(422), as the config loader refuses them; a body that is not strict JSON is refused before
+(400, nmt/serve/body.py)."""
 
 from __future__ import annotations
 
@@ -65,27 +66,46 @@ class TranslateResponse(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, or shutting down (with HTTP 503).")
-    model_loaded: bool
-    name: str = Field(description="The run's name (config `name`).")
-    checkpoint: str
-    step: int | None = Field(description="Updates trained when the checkpoint was written.")
-    parameters: int
-    device: str
-    queued_sentences: int
+
+
+class Served(BaseModel):
+    queued_sentences: int = Field(description="Sentences waiting for the model now.")
     batches: int = Field(description="Batches translated since startup.")
     requests: int
     sentences: int
 
 
 class Info(BaseModel):
-    name: str
+    name: str = Field(description="The run's name (config `name`).")
+    checkpoint: str = Field(description="The checkpoint's file name.")
+    step: int | None = Field(description="Updates trained when the checkpoint was written.")
+    parameters: int
+    device: str
     attention: dict = Field(description="The attention variant: type, score, wiring, window, "
                             "coverage.")
     model: dict = Field(description="Sizes and layers.")
     vocabulary: dict = Field(description="SentencePiece vocabulary sizes: source, target.")
     decode: dict = Field(description="The checkpoint's decoding defaults.")
-    limits: dict = Field(description="What one request may ask for.")
+    limits: dict = Field(description="What one request may ask for, and its deadline.")
+    served: Served = Field(description="What the server has done since startup.")
 
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="What was wrong and what is allowed.")
+
+
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where in the body: body, then keys and indexes.")
+    msg: str
+    type: str
+
+
+class InvalidBody(BaseModel):
+    detail: list[Problem] | str = Field(description="Each problem of the body, or one line.")
+
+
+def request_body() -> dict:
+    """The /translate route's body for the OpenAPI schema: the route reads the body itself
+    (nmt/serve/body.py), so FastAPI is told what it expects."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": TranslateRequest.model_json_schema()}}}}
