@@ -44,6 +44,7 @@ def test_a_quantized_copy_searches_close_to_fp32_and_leaves_the_model_alone():
     assert isinstance(quantized.decoder.recurrent[0], int8.Int8Weight)
     assert isinstance(quantized.decoder.combine.weight, int8.Int8Weight)
     assert not isinstance(quantized.encoder.rnn.weight_ih_l0, int8.Int8Weight)
+    assert not isinstance(quantized.decoder.attention.score.key_layer.weight, int8.Int8Weight)
     exact, approx = step_log_probs(model, src), step_log_probs(quantized, src)
     assert not torch.equal(approx, exact)  # the 8-bit products did run
     assert (approx.exp() - exact.exp()).abs().max() < 0.02

@@ -2,8 +2,9 @@
 
 A search multiplies the same weights by a thin input at every step. `quantized(model)` gives a
 copy of a built model whose decoder and output layer hold 8-bit weights: each weight of at
-least MIN_PACKED x MIN_PACKED that the model multiplies with `F.linear` (its `nn.Linear`
-layers and the decoder's recurrent weights) is quantized to int8 once, one scale per output
+least MIN_PACKED x MIN_PACKED that a step multiplies with `F.linear` (the `nn.Linear` layers
+and the decoder's recurrent weights; not the attention's projections of the encoder's states,
+made once per batch over every source position) is quantized to int8 once, one scale per output
 row, packed for fbgemm's dynamic-quantized products, and put in the copy as an `Int8Weight`, a
 tensor whose `F.linear` runs the packed product (PyTorch's `__torch_function__` protocol, as
 torchao's quantized weights do). The model's code does not change: it calls `F.linear` as in
@@ -79,10 +80,16 @@ class Int8Weight(torch.Tensor):
             return func(*args, **kwargs)
 
 
+ONCE_PER_BATCH = ("key_layer", "value_layer")  # projections of the encoder's states
+
+
 def _quantize_(module: nn.Module) -> None:
-    """Replaces, in place, the large F.linear weights of `module` and its children by
-    Int8Weights (they stop being parameters: the module is for searches only)."""
-    for child in module.modules():
+    """Replaces, in place, the large F.linear weights of `module` and its children (but the
+    projections of the encoder's states) by Int8Weights; they stop being parameters: the
+    module is for searches only."""
+    for path, child in module.named_modules():
+        if path.rsplit(".", 1)[-1] in ONCE_PER_BATCH:
+            continue
         if isinstance(child, nn.Linear):
             names = ["weight"]
         elif isinstance(child, nn.ParameterList):
