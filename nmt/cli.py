@@ -128,9 +128,14 @@ def data_download(
     source: Annotated[Optional[str], typer.Option(
         "--from", help="Local file or URL (mirror) to fetch instead of the official URL.")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the known corpora.")] = False,
+    pair: Annotated[Optional[str], typer.Option(
+        "--pair", help="tatoeba: a language and English as ISO 639-3 codes, e.g. deu-eng "
+                       "(default: por-eng).")] = None,
+    langs: Annotated[Optional[str], typer.Option(
+        "--langs", help="tatoeba: the same as two codes, e.g. de,en.")] = None,
 ) -> None:
     """Download a named public corpus into data/ (resumable, size/checksum checked)."""
-    from nmt.data.download import SOURCES, download
+    from nmt.data.download import SOURCES, download, language_pair
     from nmt.errors import UsageError
 
     if list_ or not name:
@@ -139,7 +144,7 @@ def data_download(
         if not list_:
             raise UsageError("give a corpus NAME to download (listed above)")
         return
-    path = download(name, dest, source)
+    path = download(name, dest, source, langs=language_pair(pair, langs))
     typer.echo(str(path))
 
 

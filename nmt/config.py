@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from nmt import languages
 from nmt.errors import ConfigError
 
 DATA_DIR_ENV = "NMT_DATA_DIR"  # overrides `data.dir`: where relative corpus paths are read from
@@ -30,15 +31,20 @@ DATA_DIR_ENV = "NMT_DATA_DIR"  # overrides `data.dir`: where relative corpus pat
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    path: str  # corpus file (English side for `format: text`); relative paths are under data.dir
+    path: str  # corpus file (source side for `format: text`); relative paths are under data.dir
     format: Literal["auto", "tsv", "anki", "tatoeba", "text"] = "auto"  # auto: by column count
-    target_path: str | None = None  # Portuguese file of a `format: text` pair of files
+    target_path: str | None = None  # target-side file of a `format: text` pair of files
+    # tsv/anki: the languages of the two text columns; null: English first when a side is
+    # English, else [src_lang, tgt_lang] (a tatoeba file names its own)
+    columns: tuple[str, ...] | None = None  # tsv/anki column languages, e.g. [en, pt] (see docs)
     required: bool = True  # false: a missing file is skipped with a warning
     weight: float = 1.0  # training pairs per epoch: weight x the corpus's (2: each twice)
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    src_lang: str = "en"  # source language code (ISO 639-1 or -3: en, pt, por, pt-BR, ...)
+    tgt_lang: str = "pt"  # target language code
     corpora: tuple[CorpusConfig, ...] = ()  # the parallel corpora, combined in this order
     dir: str = "data"  # folder of relative corpus paths (env NMT_DATA_DIR overrides it)
     prepared_dir: str = "data/prepared"  # cache of cleaned, split, encoded data
@@ -47,7 +53,7 @@ class DataConfig:
     max_words: int = 50  # drop pairs with a side longer than this (words)
     max_ratio: float = 3.0  # drop pairs whose word-length ratio exceeds this
     max_chars: int = 2000  # lines longer than this (characters) are skipped before cleaning
-    valid_size: int = 1000  # pairs held out for validation (by hash of the English side)
+    valid_size: int = 1000  # pairs held out for validation (by hash of one side: see docs)
     test_size: int = 2000  # pairs held out for testing
     vocab_size: int = 8000  # SentencePiece vocabulary size (per model)
     spm_type: Literal["unigram", "bpe"] = "unigram"  # SentencePiece model type
@@ -146,11 +152,16 @@ class Config:
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # a folder name, never a path
+MAX_WIDTH = 1_000_000  # largest embedding, LSTM, attention size and attention window
+MAX_LAYERS = 1000  # largest number of encoder or decoder layers
+MAX_THREADS = 1024  # most CPU threads torch is asked for
 
 # Ranges, checked on the values whose type was right: (path, predicate, expectation).
 _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("name", lambda v: _RUN_NAME.fullmatch(v) is not None,
      "a plain run name (letters, digits, '.', '_', '-'; no path)"),
+    ("data.src_lang", languages.is_code, "a language code such as en, pt, por or pt-BR"),
+    ("data.tgt_lang", languages.is_code, "a language code such as en, pt, por or pt-BR"),
     ("data.min_words", lambda v: v >= 1, ">= 1"),
     ("data.max_words", lambda v: v >= 1, ">= 1"),
     ("data.max_ratio", lambda v: v >= 1, ">= 1"),
@@ -173,6 +184,17 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.attention.window", lambda v: v >= 1, ">= 1"),
     ("model.attention.temperature", lambda v: v > 0, "> 0"),
     ("model.attention.heads", lambda v: 1 <= v <= 64, "in [1, 64]"),
+    # sizes stop where no model could be trained anyway, and no tensor's size overflows:
+    # beyond them a config is refused here, below them a model too large for the device is
+    # refused before it is allocated (nmt.training.memory)
+    ("model.emb_size", lambda v: v <= MAX_WIDTH, f"at most {MAX_WIDTH}"),
+    ("model.hidden_size", lambda v: v <= MAX_WIDTH, f"at most {MAX_WIDTH}"),
+    ("model.decoder_size", lambda v: v <= MAX_WIDTH, f"at most {MAX_WIDTH}"),
+    ("model.attention.size", lambda v: v <= MAX_WIDTH, f"at most {MAX_WIDTH}"),
+    ("model.attention.window", lambda v: v <= MAX_WIDTH, f"at most {MAX_WIDTH}"),
+    ("model.enc_layers", lambda v: v <= MAX_LAYERS, f"at most {MAX_LAYERS}"),
+    ("model.dec_layers", lambda v: v <= MAX_LAYERS, f"at most {MAX_LAYERS}"),
+    ("train.seed", lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
     ("train.batch_tokens", lambda v: v >= 1, ">= 1"),
     ("train.lr", lambda v: v > 0, "> 0"),
     ("train.betas", lambda v: all(0 <= b < 1 for b in v), "both in [0, 1)"),
@@ -192,6 +214,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.keep_best", lambda v: v >= 1, ">= 1"),
     ("train.average_last", lambda v: v >= 0, ">= 0"),
     ("train.threads", lambda v: v >= 0, ">= 0"),
+    ("train.threads", lambda v: v <= MAX_THREADS, f"at most {MAX_THREADS}"),
     ("train.log_every", lambda v: v >= 1, ">= 1"),
     ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
     ("train.accumulate", lambda v: v >= 1, ">= 1"),
@@ -330,6 +353,39 @@ def _text_pairs(cfg: Config) -> Iterator[str]:
     for i, c in enumerate(cfg.data.corpora):
         if (c.format == "text") != (c.target_path is not None):
             yield f"data.corpora[{i}].target_path: needed with format 'text' and only then"
+
+
+@_reads("data.src_lang", "data.tgt_lang")
+def _two_languages(cfg: Config) -> Iterator[str]:
+    d = cfg.data
+    if languages.same(d.src_lang, d.tgt_lang):
+        yield (f"data.tgt_lang: {d.tgt_lang!r} is the source language too (data.src_lang: "
+               f"{d.src_lang!r}); expected two different languages")
+
+
+@_reads("data.corpora", "data.src_lang", "data.tgt_lang")
+def _corpus_columns(cfg: Config) -> Iterator[str]:
+    d = cfg.data
+    if languages.same(d.src_lang, d.tgt_lang):
+        return
+    example = list(languages.default_columns(d.src_lang, d.tgt_lang))
+    for i, c in enumerate(d.corpora):
+        key, columns = f"data.corpora[{i}].columns", c.columns
+        if columns is None:
+            continue
+        if c.format in ("text", "tatoeba"):
+            how = ("names its languages on each line" if c.format == "tatoeba"
+                   else "reads the source from path, the target from target_path")
+            yield f"{key}: applies to tsv and anki files only (format {c.format!r} {how})"
+        elif len(columns) != 2 or not all(languages.is_code(x) for x in columns):
+            yield f"{key}: expected two language codes such as {example}, got {list(columns)}"
+        elif languages.same(*columns):
+            yield f"{key}: names {columns[0]!r} twice; expected one column per side, e.g. {example}"
+        else:
+            for code in columns:
+                if not (languages.same(code, d.src_lang) or languages.same(code, d.tgt_lang)):
+                    yield (f"{key}: {code!r} is neither data.src_lang ({d.src_lang!r}) nor "
+                           f"data.tgt_lang ({d.tgt_lang!r})")
 
 
 @_reads("data.corpora")

@@ -312,6 +312,8 @@ CASES = [
          train_tiny("--set", f"model.hidden_size={2**63}", "--set", f"model.enc_layers={10**30}"),
          2, f"model.hidden_size: expected at most 1000000, got {2**63}; model.enc_layers: "
             f"expected at most 1000, got {10**30}"),
+    Case("numbers/seed-beyond-32-bits", train_tiny("--set", f"train.seed={2**32}"),
+         2, f"train.seed: expected in [0, 2**32), got {2**32}"),
     Case("numbers/beam-beyond-int64",
          lambda t, r: ["translate", "--checkpoint", str(r), "--beam", "9" * 25, "Hi."], 2, ""),
     # --- search options at their extremes: refused beyond what the vocabulary allows, handled

@@ -19,7 +19,9 @@ import yaml
 from typer.testing import CliRunner
 
 from nmt.cli import app
+from nmt.config import CorpusConfig
 from nmt.data import download as dl
+from nmt.data.corpus import ReadStats, read_corpus
 from nmt.errors import DataError, UsageError
 
 from conftest import ROOT, TINY_CORPUS
@@ -326,10 +328,11 @@ def test_network_error_is_data_error(tmp_path, server, monkeypatch) -> None:
 # --- `nmt data download tatoeba --from MIRROR`: the registry entry, end to end, offline
 
 
-def download_tatoeba(mirror: Path | None, dest: Path):
-    """`nmt data download tatoeba [--from MIRROR] --dest DEST`, in this process."""
+def download_tatoeba(mirror: Path | None, dest: Path, *options: str):
+    """`nmt data download tatoeba [--from MIRROR] --dest DEST [OPTIONS]`, in this process."""
     source = ["--from", str(mirror)] if mirror is not None else []
-    return runner.invoke(app, ["data", "download", "tatoeba", *source, "--dest", str(dest)])
+    return runner.invoke(app, ["data", "download", "tatoeba", *source, "--dest", str(dest),
+                               *options])
 
 
 def prepared_texts(tmp: Path, corpus: Path, tag: str) -> dict[str, bytes]:
@@ -456,3 +459,78 @@ def test_truncated_archive_without_checksums_is_refused(tmp_path):
     assert result.exit_code == 1, (result.stdout, result.stderr)
     assert "a damaged or incomplete archive" in one_error_line(result.stderr)
     assert list(dest.iterdir()) == []
+
+
+# --- `nmt data download tatoeba --pair XXX-eng`: another language with English
+
+GERMAN = [("Hello.", "Hallo."), ("I like green tea.", "Ich mag grünen Tee."),
+          ("Where is the station?", "Wo ist der Bahnhof?")]
+GERMAN_CORPUS = "".join(f"{en}\t{de}\t{ATTR.format(i, i + 1)}\n"
+                        for i, (en, de) in enumerate(GERMAN)).encode()
+
+
+def test_tatoeba_pair_from_a_local_archive_reads_in_both_directions(tmp_path):
+    """`--pair deu-eng` takes deu.txt out of deu-eng.zip into tatoeba.en-de.tsv, says in one log
+    line that no checksum is known for it; `--langs de,en` then finds it present. The file reads
+    as German-English and as English-German pairs."""
+    mirror = tmp_path / "deu-eng.zip"
+    mirror.write_bytes(make_zip({"deu.txt": GERMAN_CORPUS, "por.txt": CORPUS}))
+    dest = tmp_path / "data"
+    result = download_tatoeba(mirror, dest, "--pair", "deu-eng")
+    assert result.exit_code == 0, result.stderr
+    saved = dest / "tatoeba.en-de.tsv"
+    assert result.stdout == f"{saved}\n" and saved.read_bytes() == GERMAN_CORPUS
+    notes = [line for line in result.stderr.splitlines() if "no SHA-256 is known" in line]
+    assert len(notes) == 1 and "tatoeba.en-de.tsv" in notes[0], result.stderr
+
+    again = download_tatoeba(None, dest, "--langs", "de,en")
+    assert again.exit_code == 0 and again.stdout == f"{saved}\n", again.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["tatoeba.en-de.tsv"]
+
+    german_english = [(de, en) for en, de in GERMAN]
+    for pair, expected in [(("de", "en"), german_english), (("en", "deu"), GERMAN)]:
+        rows = read_corpus(CorpusConfig(path=saved.name, format="anki"), dest, ReadStats(),
+                           pair=pair)
+        assert [(src, tgt) for _, src, tgt in rows] == expected, pair
+
+
+def test_tatoeba_default_pair_keeps_its_registry_entry(tmp_path, monkeypatch):
+    """`--pair por-eng` and `--langs pt,en` are the default entry: its file name, and its size
+    and SHA-256 where the registry knows them."""
+    archive = make_zip({"por.txt": CORPUS}, zipfile.ZIP_STORED)
+    digest = register_checksums(monkeypatch, archive)
+    tampered = bytearray(archive)
+    tampered[archive.index(b"Hello.")] = ord("J")
+    mirror = tmp_path / "tampered.zip"
+    mirror.write_bytes(bytes(tampered))
+    dest = tmp_path / "data"
+    result = download_tatoeba(mirror, dest, "--pair", "por-eng")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert f"expected SHA-256 {digest}" in one_error_line(result.stderr)
+    mirror.write_bytes(archive)
+    result = download_tatoeba(mirror, dest, "--langs", "pt,en")
+    assert result.exit_code == 0, result.stderr
+    assert (dest / "tatoeba.en-pt.tsv").read_bytes() == CORPUS
+    assert "no SHA-256 is known" not in result.stderr
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--pair", "deu-fra"], "manythings.org pairs one language with English"),
+    (["--pair", "eng-eng"], "manythings.org pairs one language with English"),
+    (["--langs", "xx,en"], "no three-letter code known for 'xx'"),
+    (["--pair", "deu_eng"], "expected two language codes such as por-eng or pt,en"),
+    (["--pair", "deu-eng", "--langs", "de,en"], "give one of them"),
+])
+def test_tatoeba_pair_mistakes_are_one_line_exit_2(tmp_path, options, says):
+    mirror = tmp_path / "deu-eng.zip"
+    mirror.write_bytes(make_zip({"deu.txt": GERMAN_CORPUS}))
+    result = download_tatoeba(mirror, tmp_path / "data", *options)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert says in one_error_line(result.stderr)
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []
+
+
+def test_a_pair_for_a_corpus_of_one_pair_is_refused(tmp_path, monkeypatch):
+    use_source(monkeypatch)
+    with pytest.raises(UsageError, match="--pair/--langs are for tatoeba"):
+        dl.download("test", tmp_path, langs=("de", "en"), progress=False)

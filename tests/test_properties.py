@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from nmt import languages
 from nmt.config import Config, CorpusConfig, from_dict, to_dict
 from nmt.data.corpus import ReadStats, normalize, read_corpus
 from nmt.data.tokenizer import Tokenizer, train_model
@@ -30,12 +31,14 @@ raw_line = st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=8)), m
 raw_file = st.lists(raw_line, max_size=12).map(lambda lines: b"\n".join(lines))
 
 
-def expected_pairs(content: bytes, fmt: str, max_chars: int) -> list[tuple[int, str, str]] | None:
+def expected_pairs(content: bytes, fmt: str, max_chars: int
+                   ) -> list[tuple[int, str, str]] | str | None:
     """What a column reader must yield for `content`, worked out line by line from the format
     table of nmt/data/corpus.py: each line, less one leading BOM and its line ending, that is
-    valid UTF-8, at most `max_chars` long, not blank and has the format's column count, as
-    (line number, English column, Portuguese column); None where `auto` cannot tell the
-    format from the first such line."""
+    valid UTF-8, at most `max_chars` long, not blank and has the format's column count (and,
+    for tatoeba, two language codes), as (line number, English column, Portuguese column);
+    None where `auto` cannot tell the format from the first such line, "another pair" where a
+    tatoeba line names other languages."""
     columns = {"tsv": 2, "anki": 3, "tatoeba": 4}.get(fmt)  # auto: from the first line
     pairs = []
     for number, raw in enumerate(content.split(b"\n"), start=1):
@@ -51,7 +54,15 @@ def expected_pairs(content: bytes, fmt: str, max_chars: int) -> list[tuple[int, 
                 return None
             columns = len(parts)
         if len(parts) == columns:
-            src, tgt = parts[2:4] if columns == 4 else parts[:2]
+            if columns == 4:  # tatoeba: the line's codes say which column is English
+                codes = [languages.canonical(c) for c in parts[:2]]
+                if not all(languages.is_code(c.split("_")[0]) for c in parts[:2]):
+                    continue
+                if codes not in (["en", "pt"], ["pt", "en"]):
+                    return "another pair"
+                src, tgt = parts[2:4] if codes == ["en", "pt"] else parts[3:1:-1]
+            else:
+                src, tgt = parts[:2]
             pairs.append((number, src, tgt))
     return pairs
 
@@ -62,6 +73,8 @@ def expected_pairs(content: bytes, fmt: str, max_chars: int) -> list[tuple[int, 
 @example(content=b"\xef\xbb\xbf Hi \t Ol\xc3\xa1\r\r\n\n \t \nbad\xff\tx\na\tb\tc\nOk\tSim\n",
          fmt="auto")
 @example(content=b"eng\tpor\t Hello.\tOl\xc3\xa1. \r\neng\tpor\tx\n", fmt="tatoeba")
+@example(content=b"hello\t\thello\thello\npor\teng\tOl\xc3\xa1.\tHello.\n", fmt="tatoeba")
+@example(content=b"eng\tpor\tHi.\tOi.\ndeu\teng\tHallo.\tHello.\n", fmt="tatoeba")
 @example(content=b"Hi.\tOi.\r\tCC-BY\r\n" + b"x" * 201 + b"\ty\tz\nA\tB\tC", fmt="anki")
 @example(content=b"\xef\xbb\xbf\xef\xbb\xbfHi\tOi\n", fmt="tsv")  # only one BOM is dropped
 @example(content=b"\n one column\nHi\tOi\n", fmt="auto")
@@ -77,6 +90,10 @@ def test_corpus_reader_yields_clean_text_or_a_data_error(content, fmt):
         except DataError as err:
             assert str(err).startswith(str(Path(tmp) / "c.tsv"))
             assert expected is None, (err, expected)  # only auto on an unknown column count
+            return
+        except ConfigError as err:
+            assert str(Path(tmp) / "c.tsv") in str(err)
+            assert expected == "another pair", (err, expected)
             return
     # exactly the English and Portuguese columns of every readable line, in order, unchanged
     assert pairs == expected

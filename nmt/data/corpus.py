@@ -1,13 +1,18 @@
 """Corpus readers, cleaning, the leakage filter and the deterministic split.
 
-Readers stream `(line_number, english, portuguese)` from one corpus and count the lines they skip
-by reason. Formats (`data.corpora[].format`):
+Readers stream `(line_number, source, target)` from one corpus, in the languages of
+`data.src_lang` and `data.tgt_lang`, and count the lines they skip by reason. Formats
+(`data.corpora[].format`), for the pair en-pt:
 
     tsv      English<TAB>Portuguese
     anki     English<TAB>Portuguese<TAB>attribution   (Tatoeba/Anki export; attribution dropped)
     tatoeba  eng<TAB>por<TAB>English<TAB>Portuguese        (Tatoeba challenge)
-    text     two line-aligned files, English and Portuguese
+    text     two line-aligned files, source (`path`) and target (`target_path`)
     auto     tsv, anki or tatoeba by the column count of the first non-empty line
+
+Columns are read by language, not by position: a tsv or anki corpus's `columns` names the
+languages of its two text columns (default: `nmt.languages.default_columns`), and a tatoeba line
+names its own, so one file trains both directions.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nmt import languages
 from nmt.config import CorpusConfig, DataConfig
-from nmt.errors import DataError
+from nmt.errors import ConfigError, DataError
 
 _COLUMNS = {"tsv": 2, "anki": 3, "tatoeba": 4}
 _FORMAT_BY_COLUMNS = {n: name for name, n in _COLUMNS.items()}
@@ -116,7 +122,35 @@ def _check_file(path: Path) -> None:
         raise DataError(f"{path}: is a directory, expected a corpus file")
 
 
-def _read_columns(path: Path, fmt: str, stats: ReadStats, max_chars: int):
+class _Sides:
+    """Which text column of a line holds the source: from the corpus's `columns`, or, for a
+    tatoeba line, from the language codes it carries."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], pair: tuple[str, str]) -> None:
+        self.path, self.pair = path, pair
+        self.swapped = {}  # (language, language) -> whether the first column is the target
+        self.columns = self._swapped(tuple(columns), f"{path}: columns")
+
+    def _swapped(self, codes: tuple[str, ...], where: str) -> bool:
+        if codes not in self.swapped:
+            found = [languages.canonical(c) for c in codes]
+            wanted = [languages.canonical(c) for c in self.pair]
+            if found not in (wanted, wanted[::-1]):
+                raise ConfigError([f"{where} {'-'.join(codes)} is not the pair of data.src_lang "
+                                   f"and data.tgt_lang ({' and '.join(self.pair)})"])
+            self.swapped[codes] = found != wanted
+        return self.swapped[codes]
+
+    def tatoeba(self, first: str, second: str, number: int) -> bool | None:
+        """Whether a tatoeba line's first text column is the target; None: its code columns
+        are not language codes."""
+        codes = (first.split("_")[0], second.split("_")[0])  # srp_Cyrl: a script subtag
+        if not all(languages.is_code(c) for c in codes):
+            return None
+        return self._swapped((first, second), f"{self.path}:{number}: a tatoeba line of")
+
+
+def _read_columns(path: Path, fmt: str, stats: ReadStats, max_chars: int, sides: _Sides):
     columns = _COLUMNS.get(fmt)
     for number, line in _decode_lines(path, stats, max_chars):
         if not line.strip():
@@ -134,8 +168,15 @@ def _read_columns(path: Path, fmt: str, stats: ReadStats, max_chars: int):
         if len(parts) != columns:
             stats.skip(f"not {columns} columns", f"{path.name}:{number}")
             continue
-        src, tgt = (parts[2], parts[3]) if fmt == "tatoeba" else (parts[0], parts[1])
-        yield number, src, tgt
+        if fmt == "tatoeba":
+            swapped = sides.tatoeba(parts[0], parts[1], number)
+            if swapped is None:
+                stats.skip("no language codes", f"{path.name}:{number}")
+                continue
+            first, second = parts[2], parts[3]
+        else:
+            swapped, first, second = sides.columns, parts[0], parts[1]
+        yield (number, second, first) if swapped else (number, first, second)
 
 
 def _read_text_pair(src_path: Path, tgt_path: Path, stats: ReadStats, max_chars: int):
@@ -166,9 +207,10 @@ def _count_lines(path: Path) -> int:
     return sum(1 for _ in _raw_lines(path))
 
 
-def read_corpus(spec: CorpusConfig, root: Path, stats: ReadStats,
-                max_chars: int = 2000) -> Iterator[tuple[int, str, str]]:
-    """Streams raw `(line number, English, Portuguese)` from one corpus; skips count in `stats`."""
+def read_corpus(spec: CorpusConfig, root: Path, stats: ReadStats, max_chars: int = 2000,
+                pair: tuple[str, str] = ("en", "pt")) -> Iterator[tuple[int, str, str]]:
+    """Streams raw `(line number, source, target)` from one corpus, `pair` being the source and
+    target languages; skips count in `stats`. A corpus of other languages is a ConfigError."""
     path = _resolve(spec.path, root)
     _check_file(path)
     if spec.format == "text":
@@ -176,7 +218,8 @@ def read_corpus(spec: CorpusConfig, root: Path, stats: ReadStats,
         _check_file(tgt_path)
         yield from _read_text_pair(path, tgt_path, stats, max_chars)
     else:
-        yield from _read_columns(path, spec.format, stats, max_chars)
+        columns = spec.columns or languages.default_columns(*pair)
+        yield from _read_columns(path, spec.format, stats, max_chars, _Sides(path, columns, pair))
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -250,10 +293,29 @@ def read_protected(paths: list[Path]) -> set[str]:
     return sentences
 
 
-def split_key(src: str) -> bytes:
-    """The split is decided by a hash of the lower-cased English side, so that every pair with
-    the same English sentence falls in the same split on any machine."""
-    return hashlib.sha256(src.lower().encode("utf-8")).digest()[:8]
+def split_key(sentence: str) -> bytes:
+    """The split is decided by a hash of one side, lower-cased, so that every pair with the same
+    sentence on that side falls in the same split on any machine. The side is the one whose
+    language code sorts first (`nmt.languages.key_side`; en-pt: English), so a model of each
+    direction trained on the same corpora gets the same split (and `unshared` keeps the other
+    side's held-out sentences out of training)."""
+    return hashlib.sha256(sentence.lower().encode("utf-8")).digest()[:8]
+
+
+def unshared(splits: list[str], others: list[bytes]) -> list[str | None]:
+    """Each pair's split, or None for a pair dropped because it shares a sentence of the side
+    that is not hashed (`others`: `split_key` of it) with a pair held out for evaluation: a
+    training pair sharing one with a validation or test pair, a validation pair sharing one
+    with a test pair. The hashed side keeps each of its sentences in one split already; this
+    does it for the other side, so neither direction's test sources are seen in training,
+    and the held-out pairs stay the ones the hash chose."""
+    held: dict[str, set[bytes]] = {"test": set(), "valid": set()}
+    for split, key in zip(splits, others):
+        if split in held:
+            held[split].add(key)
+    later = {"train": ("valid", "test"), "valid": ("test",), "test": ()}
+    return [None if any(key in held[h] for h in later[split]) else split
+            for split, key in zip(splits, others)]
 
 
 def assign_splits(keys: list[bytes], valid_size: int, test_size: int) -> list[str]:

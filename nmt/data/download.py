@@ -1,6 +1,7 @@
 """Fetch named public corpora into a data directory.
 
-Each corpus is a `Source` in `SOURCES`. `download()` streams it over HTTPS to
+Each corpus is a `Source` in `SOURCES`; `tatoeba` takes a language pair (`tatoeba_source`), any
+language that manythings.org pairs with English. `download()` streams it over HTTPS to
 `<file>.part` (resuming an interrupted transfer with a `Range` request), checks its size
 and, when known, its SHA-256, extracts the wanted member of a zip/tar archive, and makes
 the final file appear atomically. Every failure is a one-line `DataError`.
@@ -22,13 +23,14 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from nmt import languages
 from nmt.errors import DataError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -58,19 +60,56 @@ class Source:
     licence: str
 
 
+TATOEBA_URL = "https://www.manythings.org/anki/{code}-eng.zip"  # code: ISO 639-3
 SOURCES: dict[str, Source] = {
     "tatoeba": Source(
         name="tatoeba",
-        url="https://www.manythings.org/anki/por-eng.zip",
+        url=TATOEBA_URL.format(code="por"),
         filename="tatoeba.en-pt.tsv",
         member="por.txt",
         sha256=None,  # updated regularly: only the Content-Length size is checked
         size=None,
         description="Tatoeba English-Portuguese sentence pairs (Anki export): "
-        "English, Portuguese, attribution",
+        "English, Portuguese, attribution; --pair deu-eng (or --langs de,en) for another "
+        "language with English",
         licence="CC-BY 2.0 France",
     ),
 }
+TATOEBA_DEFAULT = "por"  # the language `nmt data download tatoeba` pairs with English
+
+
+def language_pair(pair: str | None, langs: str | None) -> tuple[str, ...] | None:
+    """The codes of `--pair por-eng` or `--langs pt,en` (None when neither is given)."""
+    if pair is not None and langs is not None:
+        raise UsageError("--pair and --langs say the same: give one of them")
+    if pair is not None:
+        return tuple(pair.split("-"))
+    return None if langs is None else tuple(c.strip() for c in langs.split(","))
+
+
+def tatoeba_source(langs: tuple[str, ...]) -> Source:
+    """The Tatoeba export (manythings.org) of a language with English, saved as
+    `tatoeba.en-XX.tsv` (XX: the language's code in configs). `langs`: two codes, one of them
+    English, two- or three-letter (`("pt", "en")`, `("por", "eng")`), in either order."""
+    given = "-".join(langs)
+    if len(langs) != 2 or not all(languages.is_code(c) for c in langs):
+        raise UsageError(f"tatoeba language pair {given!r}: expected two language codes such "
+                         f"as por-eng or pt,en")
+    others = [c for c in langs if not languages.same(c, languages.ENGLISH)]
+    if len(others) != 1:
+        raise UsageError(f"tatoeba language pair {given!r}: manythings.org pairs one language "
+                         f"with English; expected e.g. deu-eng")
+    other = others[0].split("-")[0]  # a three-letter code as given: manythings says cmn, pes
+    code = other if len(other) == 3 else languages.ISO1_TO_ISO3.get(other)
+    if code is None or "-" in others[0]:
+        raise UsageError(f"tatoeba language pair {given!r}: no three-letter code known for "
+                         f"{others[0]!r}; give it as ISO 639-3, e.g. --pair deu-eng")
+    if code == TATOEBA_DEFAULT:
+        return SOURCES["tatoeba"]
+    return replace(SOURCES["tatoeba"], url=TATOEBA_URL.format(code=code),
+                   filename=f"tatoeba.en-{languages.canonical(code)}.tsv", member=f"{code}.txt",
+                   sha256=None, size=None,
+                   description=f"Tatoeba English-{code} sentence pairs (Anki export)")
 
 
 def _user_agent() -> str:
@@ -235,15 +274,21 @@ def _install(src: Source, path: Path, final: Path, what: str, move: bool) -> Non
         raise DataError(f"{what}: cannot unpack or save it as {final} ({err})") from err
 
 
-def download(name: str, dest_dir: Path, source: str | None = None, progress: bool = True) -> Path:
+def download(name: str, dest_dir: Path, source: str | None = None, progress: bool = True,
+             langs: tuple[str, ...] | None = None) -> Path:
     """Fetch corpus `name` into `dest_dir` and return the path of its file.
 
     `source` replaces the registry URL: an http(s):// or file:// URL, or a local file or
     archive to copy. Plain http:// is only accepted when given explicitly as `source`.
+    `langs`: the language pair of a corpus that takes one (tatoeba; default: its own).
     """
     src = SOURCES.get(name)
     if src is None:
         raise UsageError(f"unknown corpus {name!r}; known: {', '.join(sorted(SOURCES))}")
+    if langs is not None and name != "tatoeba":
+        raise UsageError(f"{name!r} has one language pair: --pair/--langs are for tatoeba")
+    if langs is not None:
+        src = tatoeba_source(langs)
     dest_dir = Path(dest_dir)
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +305,10 @@ def download(name: str, dest_dir: Path, source: str | None = None, progress: boo
     url = source if source is not None else src.url
     parsed = urlparse(url)
     scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""  # "C:" is a drive
+    if src.sha256 is None:  # a remote file's size is the one its server announces
+        checked = ("its size only" if src.size is not None or scheme not in ("", "file")
+                   else "only that it unpacks")
+        logger.info("no SHA-256 is known for %s: checking %s", src.filename, checked)
     if scheme in ("", "file"):
         path = Path(urllib.request.url2pathname(parsed.path) if scheme else url).expanduser()
         if not path.is_file():

@@ -8,6 +8,10 @@ weights read when an epoch is composed (nmt.data.batching), and its line in the 
 files (`line`; pairs over `data.max_pieces` are dropped from the ids, not from the text), from
 which subword sampling segments training pairs anew (nmt.data.sampling).
 
+Text files and SentencePiece models are named by language (`train.en`, `spm.pt.model`), so the
+two directions of a pair of languages prepare the same text files; the manifest records which
+language is the source and which the target.
+
 The result lives in `data.prepared_dir/<key>/`, where the key hashes the data config (but not
 the corpus weights or the subword sampling, training choices) and the bytes of every input
 file; a manifest with each output's size and sha256 is written last, so a half-written or
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nmt import lock
+from nmt import languages, lock
 from nmt.config import DataConfig, data_dir
 from nmt.data.batching import weighted
 from nmt.data.corpus import (
@@ -41,15 +45,16 @@ from nmt.data.corpus import (
     read_corpus,
     read_protected,
     split_key,
+    unshared,
 )
 from nmt.data.tokenizer import Tokenizer, chunks, train_model
 from nmt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: training pairs sharing a held-out sentence of either side dropped
 SPLITS = ("train", "valid", "test")
-LANGS = ("en", "pt")
+DEFAULT_PAIR = ("en", "pt")  # keyed as before languages were settings: the same cache entries
 ENCODE_CHUNK = 10_000
 # data settings outside the cache key (corpus weights too): where the files are, and how
 # training reads the prepared data
@@ -74,16 +79,23 @@ class Summary:
 
 @dataclass
 class Prepared:
-    """A prepared dataset on disk."""
+    """A prepared dataset on disk; `src_lang` and `tgt_lang` name its text files and models."""
 
     path: Path
     summary: Summary
+    src_lang: str
+    tgt_lang: str
 
     def tokenizer(self) -> Tokenizer:
-        return Tokenizer((self.path / "spm.en.model").read_bytes(),
-                         (self.path / "spm.pt.model").read_bytes())
+        return Tokenizer(self.spm(self.src_lang).read_bytes(),
+                         self.spm(self.tgt_lang).read_bytes())
+
+    def spm(self, lang: str) -> Path:
+        """The SentencePiece model of a language."""
+        return self.path / f"spm.{lang}.model"
 
     def text(self, split: str, lang: str) -> Path:
+        """A split's sentences in one language (`prepared.text("test", prepared.src_lang)`)."""
         return self.path / f"{split}.{lang}"
 
     def lines(self, split: str, lang: str) -> list[str]:
@@ -124,10 +136,19 @@ def _inputs(cfg: DataConfig) -> tuple[list, list[Path]]:
     return corpora, [Path(p) for p in cfg.exclude]
 
 
+def pair(cfg: DataConfig) -> tuple[str, str]:
+    """The source and target language codes, as files name them (`por` is `pt`)."""
+    return languages.canonical(cfg.src_lang), languages.canonical(cfg.tgt_lang)
+
+
 def cache_key(cfg: DataConfig) -> str:
     corpora, protected = _inputs(cfg)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in UNKEYED}
-    settings["corpora"] = [{k: v for k, v in c.items() if k != "weight"}
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in UNKEYED + ("src_lang", "tgt_lang")}
+    if pair(cfg) != DEFAULT_PAIR:
+        settings["pair"] = pair(cfg)
+    settings["corpora"] = [{k: v for k, v in c.items()
+                            if k != "weight" and not (k == "columns" and v is None)}
                            for c in settings["corpora"]]
     h = hashlib.sha256(json.dumps([PIPELINE_VERSION, settings], sort_keys=True).encode())
     for path in [p for _, _, paths in corpora for p in paths] + protected:
@@ -176,18 +197,18 @@ def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool, origins: bool
     if summary is not None:
         summary.cached = True
         log.info("using cached prepared data %s", out)
-        return Prepared(out, summary)
+        return Prepared(out, summary, *pair(cfg))
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cfg.prepared_dir))
     try:
         summary = _build(cfg, work, progress)
-        _write_manifest(work, key, summary)
+        _write_manifest(work, key, summary, pair(cfg))
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    return Prepared(out, summary)
+    return Prepared(out, summary, *pair(cfg))
 
 
 def _missing_records(path: Path, cfg: DataConfig, origins: bool = False) -> str | None:
@@ -214,8 +235,11 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     start = time.perf_counter()
     corpora, protected_files = _inputs(cfg)
     cleaner = Cleaner(cfg, read_protected(protected_files))
+    langs = pair(cfg)
+    hashed = languages.key_side(*langs)  # the side the split hashes: the same in both directions
     stats = ReadStats()
     keys: list[bytes] = []
+    others: list[bytes] = []  # the other side's keys (`unshared`)
     origins = array("i")  # each kept pair's index in data.corpora
     cleaned = work / "cleaned.tsv"
     with cleaned.open("w", encoding="utf-8") as f:
@@ -223,50 +247,56 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
                    mininterval=0.5)
         for index, spec, paths in corpora:
             before = len(keys)
-            for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars):
+            for _, src, tgt in read_corpus(spec, data_dir(cfg), stats, cfg.max_chars, langs):
                 bar.update()
-                pair = cleaner(src, tgt)
-                if pair is not None:
-                    f.write(f"{pair[0]}\t{pair[1]}\n")
-                    keys.append(split_key(pair[0]))
+                cleaned_pair = cleaner(src, tgt)
+                if cleaned_pair is not None:
+                    f.write(f"{cleaned_pair[0]}\t{cleaned_pair[1]}\n")
+                    keys.append(split_key(cleaned_pair[hashed]))
+                    others.append(split_key(cleaned_pair[1 - hashed]))
                     origins.append(index)
             if len(keys) == before:
                 raise DataError(f"{paths[0]}: no usable pair in this corpus (lines skipped: "
                                 f"{dict(stats.skipped)}; pairs dropped: "
                                 f"{dict(cleaner.stats.dropped)})")
         bar.close()
-    split_origins = _write_splits(cleaned, assign_splits(keys, cfg.valid_size, cfg.test_size),
-                                  origins, work)
+    splits = unshared(assign_splits(keys, cfg.valid_size, cfg.test_size), others)
+    split_origins = _write_splits(cleaned, splits, origins, work, langs)
     cleaned.unlink()
-    tokenizer = _train_tokenizer(cfg, work)
+    tokenizer = _train_tokenizer(cfg, work, langs)
     summary = Summary(read=stats.read, skipped=dict(stats.skipped),
                       skipped_where=stats.examples, dropped=dict(cleaner.stats.dropped),
-                      kept=len(keys))
+                      kept=len(keys) - splits.count(None))
+    if None in splits:
+        summary.dropped["shares a held-out sentence"] = splits.count(None)
     for split in SPLITS:
         n, avg, too_long = _encode_split(tokenizer, work, split, split_origins[split],
-                                         cfg.max_pieces if split == "train" else None)
+                                         cfg.max_pieces if split == "train" else None, langs)
         summary.splits[split] = n
-        summary.avg_pieces.update({f"{split}.{lang}": a for lang, a in zip(LANGS, avg)})
+        summary.avg_pieces.update({f"{split}.{lang}": a for lang, a in zip(langs, avg)})
         if too_long:
             summary.dropped["too many pieces"] = too_long
             summary.kept -= too_long
-    summary.vocab = {"en": tokenizer.src_vocab_size, "pt": tokenizer.tgt_vocab_size}
+    summary.vocab = {langs[0]: tokenizer.src_vocab_size, langs[1]: tokenizer.tgt_vocab_size}
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _write_splits(cleaned: Path, splits: list[str], origins: array,
-                  work: Path) -> dict[str, array]:
+def _write_splits(cleaned: Path, splits: list[str | None], origins: array, work: Path,
+                  langs: tuple[str, str]) -> dict[str, array]:
     """Writes each split's text files; returns each split's corpus indices, in order."""
+    src_lang, tgt_lang = langs
     handles = {(s, lang): (work / f"{s}.{lang}").open("w", encoding="utf-8")
-               for s in SPLITS for lang in LANGS}
+               for s in SPLITS for lang in langs}
     split_origins = {s: array("i") for s in SPLITS}
     try:
         with cleaned.open(encoding="utf-8") as f:
             for line, split, origin in zip(f, splits, origins):
+                if split is None:
+                    continue
                 src, tgt = line.rstrip("\n").split("\t")
-                handles[split, "en"].write(src + "\n")
-                handles[split, "pt"].write(tgt + "\n")
+                handles[split, src_lang].write(src + "\n")
+                handles[split, tgt_lang].write(tgt + "\n")
                 split_origins[split].append(origin)
     finally:
         for h in handles.values():
@@ -280,23 +310,27 @@ def _lines(path: Path):
             yield line.rstrip("\n")
 
 
-def _train_tokenizer(cfg: DataConfig, work: Path) -> Tokenizer:
+def _train_tokenizer(cfg: DataConfig, work: Path, langs: tuple[str, str]) -> Tokenizer:
+    """One model per language, or a joint one trained on the languages in code order, so that
+    both directions of a pair of languages get the same model."""
     args = (cfg.vocab_size, cfg.spm_type, cfg.character_coverage)
+    src_lang, tgt_lang = langs
     if cfg.joint_vocab:
         def both():
-            yield from _lines(work / "train.en")
-            yield from _lines(work / "train.pt")
+            for lang in sorted(langs):
+                yield from _lines(work / f"train.{lang}")
         src = tgt = train_model(both(), *args)
     else:
-        src = train_model(_lines(work / "train.en"), *args)
-        tgt = train_model(_lines(work / "train.pt"), *args)
-    (work / "spm.en.model").write_bytes(src)
-    (work / "spm.pt.model").write_bytes(tgt)
+        src = train_model(_lines(work / f"train.{src_lang}"), *args)
+        tgt = train_model(_lines(work / f"train.{tgt_lang}"), *args)
+    (work / f"spm.{src_lang}.model").write_bytes(src)
+    (work / f"spm.{tgt_lang}.model").write_bytes(tgt)
     return Tokenizer(src, tgt)
 
 
 def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
-                  max_pieces: int | None) -> tuple[int, tuple[float, float], int]:
+                  max_pieces: int | None,
+                  langs: tuple[str, str]) -> tuple[int, tuple[float, float], int]:
     """Encodes a split in chunks into flat id arrays, with each pair's corpus index and line;
     returns (pairs, avg pieces, dropped)."""
     src_ids: list[np.ndarray] = []
@@ -305,7 +339,8 @@ def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
     tgt_len: list[int] = []
     corpus, lines = array("i"), array("i")
     dropped = 0
-    pairs = enumerate(zip(_lines(work / f"{split}.en"), _lines(work / f"{split}.pt"), origins))
+    src_text, tgt_text = (work / f"{split}.{lang}" for lang in langs)
+    pairs = enumerate(zip(_lines(src_text), _lines(tgt_text), origins))
     for chunk in chunks(pairs, ENCODE_CHUNK):
         srcs = tok.encode_src([s for _, (s, _, _) in chunk])
         tgts = tok.encode_tgt([t for _, (_, t, _) in chunk])
@@ -329,7 +364,8 @@ def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
     return n, avg, dropped
 
 
-def _write_manifest(work: Path, key: str, summary: Summary) -> None:
+def _write_manifest(work: Path, key: str, summary: Summary, langs: tuple[str, str]) -> None:
     files = {p.name: [p.stat().st_size, _file_digest(p)] for p in sorted(work.iterdir())}
-    manifest = {"key": key, "version": PIPELINE_VERSION, "files": files, "summary": asdict(summary)}
+    manifest = {"key": key, "version": PIPELINE_VERSION, "src_lang": langs[0],
+                "tgt_lang": langs[1], "files": files, "summary": asdict(summary)}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -38,10 +38,12 @@ def summary_table(prepared: Prepared, batch_tokens: int, seed: int,
     for reason, n in sorted(s.dropped.items()):
         rows.append((f"  dropped: {reason}", f"{n:,}"))
     rows.append(("pairs kept", f"{s.kept:,}"))
+    src, tgt = prepared.src_lang, prepared.tgt_lang
     for split, n in s.splits.items():
-        en, pt = s.avg_pieces.get(f"{split}.en", 0), s.avg_pieces.get(f"{split}.pt", 0)
-        rows.append((f"  {split}", f"{n:,} pairs, {en:.1f} / {pt:.1f} pieces per sentence (en/pt)"))
-    rows.append(("vocabulary", f"en {s.vocab.get('en', 0):,}, pt {s.vocab.get('pt', 0):,}"))
+        a, b = (s.avg_pieces.get(f"{split}.{lang}", 0) for lang in (src, tgt))
+        rows.append((f"  {split}", f"{n:,} pairs, {a:.1f} / {b:.1f} pieces per sentence "
+                                   f"({src}/{tgt})"))
+    rows.append(("vocabulary", f"{src} {s.vocab.get(src, 0):,}, {tgt} {s.vocab.get(tgt, 0):,}"))
     train = Dataset.load(prepared.ids("train"))
     rows.append(("batching", batching_line(train, batch_tokens, seed, weights)))
     if weighted(weights):

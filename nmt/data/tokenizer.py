@@ -1,8 +1,8 @@
 """SentencePiece subword models: training on the train split, encoding and decoding.
 
 Ids 0-3 are reserved in every model: <pad>=0, <unk>=1, <s>=2 (BOS), </s>=3 (EOS). A joint model
-serves both languages; otherwise English and Portuguese have one model each. Models travel as
-bytes, so a checkpoint carries its tokenizer.
+serves both languages; otherwise the source and the target language have one model each. Models
+travel as bytes, so a checkpoint carries its tokenizer.
 
 `encode_*` gives a sentence's one segmentation, which prepared data, validation and search use;
 `samplers` draw other segmentations of it for subword regularisation (nmt.data.sampling).
