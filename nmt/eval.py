@@ -48,7 +48,9 @@ def run_eval(systems: list[tuple[Path | None, ...]], src: Path | None, ref: Path
         run_dir = translator.path.parent
         name = " + ".join([str(translator.path), *map(str, others)])
         if src is None and tsv is None:
-            sources, refs = read_test_set(run_dir / "test.en", run_dir / "test.pt", None)
+            src_lang, tgt_lang = translator.languages
+            sources, refs = read_test_set(run_dir / f"test.{src_lang}",
+                                          run_dir / f"test.{tgt_lang}", None)
             test_name = "test"
         else:
             sources, refs = read_test_set(src, ref, tsv)
@@ -58,7 +60,7 @@ def run_eval(systems: list[tuple[Path | None, ...]], src: Path | None, ref: Path
         hyp_path = output or run_dir / f"{test_name}.beam{b}{kind}.hyp.txt"
         results.append(evaluate(translator, sources, refs, b, names, hyp_path, name, lengths))
         test_sets.append((sources, refs))
-    comparison = _compare(results, test_sets, names, bootstrap)
+    comparison = _compare(results, test_sets, names, bootstrap, translator.languages[1])
     if lengths:
         from nmt.evaluation.plots import bleu_by_length  # matplotlib only when plotting
 
@@ -77,7 +79,8 @@ def run_eval(systems: list[tuple[Path | None, ...]], src: Path | None, ref: Path
 
 
 def _compare(results: list[EvalResult], test_sets: list[tuple[list[str], list[str]]],
-             names: tuple[str, ...], resamples: int) -> Comparison | None:
+             names: tuple[str, ...], resamples: int, target_lang: str = ""
+             ) -> Comparison | None:
     """The paired bootstrap of the results against the first, when they share a test set."""
     if len(results) < 2 or not resamples:
         return None
@@ -85,7 +88,8 @@ def _compare(results: list[EvalResult], test_sets: list[tuple[list[str], list[st
         log.warning("no paired bootstrap: the checkpoints were scored on different test sets "
                     "(their runs' own test splits); give --src/--ref or --tsv to compare them")
         return None
-    return paired_bootstrap([r.outputs for r in results], test_sets[0][1], names, resamples)
+    return paired_bootstrap([r.outputs for r in results], test_sets[0][1], names, resamples,
+                            target_lang)
 
 
 def _as_json(r: EvalResult, i: int, first: EvalResult, comparison: Comparison | None) -> dict:

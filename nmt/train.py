@@ -194,7 +194,8 @@ def _sampling(cfg: Config, prepared: Prepared, data: Dataset) -> Resegmented:
     """Training batches segmented by subword sampling, seeded by train.seed (docs/quality.md)."""
     d = cfg.data
     samplers = prepared.tokenizer().samplers(d.spm_type, d.sampling_alpha, d.sampling_nbest)
-    return Resegmented(data, prepared.lines("train", "en"), prepared.lines("train", "pt"),
+    return Resegmented(data, prepared.lines("train", prepared.src_lang),
+                       prepared.lines("train", prepared.tgt_lang),
                        *samplers, cfg.train.seed, cfg.train.batch_tokens)
 
 
@@ -232,8 +233,9 @@ def _log_changes(run_dir: Path, before: Config, cfg: Config, step: int) -> None:
 
 def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    for name in ("spm.en.model", "spm.pt.model", "test.en", "test.pt"):
-        shutil.copyfile(prepared.path / name, run_dir / name)
+    for lang in (prepared.src_lang, prepared.tgt_lang):
+        shutil.copyfile(prepared.spm(lang), run_dir / prepared.spm(lang).name)
+        shutil.copyfile(prepared.text("test", lang), run_dir / f"test.{lang}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

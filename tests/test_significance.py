@@ -13,6 +13,7 @@ from sacrebleu.significance import PairedTest
 from typer.testing import CliRunner
 
 from nmt.cli import app
+from nmt.evaluation.metrics import corpus_scores
 from nmt.evaluation.significance import paired_bootstrap
 
 runner = CliRunner()
@@ -206,3 +207,17 @@ def test_eval_on_different_test_sets_skips_the_bootstrap(trained_run, tmp_path):
     assert "paired bootstrap" not in result.stdout
     assert "no paired bootstrap: the checkpoints were scored on different test sets" in \
         result.stderr
+
+
+def test_bleu_tokenises_for_the_target_language():
+    """Chinese is scored with sacrebleu's `zh` tokeniser (by two- or three-letter code, and in
+    the bootstrap too), which splits characters: 13a sees one word and no match."""
+    hyps, refs = ["我爱你们"], ["我爱你"]
+    (plain,) = corpus_scores(hyps, refs, ("bleu",))
+    for lang in ("zh", "zho", "zh-Hans"):
+        (zh,) = corpus_scores(hyps, refs, ("bleu",), target_lang=lang)
+        assert "tok:zh" in zh.signature and zh.value > plain.value == 0
+    comparison = paired_bootstrap([hyps * 20, refs * 20], refs * 20, ("bleu",), 50, "zh")
+    assert "tok:zh" in comparison.signatures["bleu"]
+    (pt,) = corpus_scores(hyps, refs, ("bleu",), target_lang="pt")
+    assert "tok:13a" in pt.signature

@@ -59,14 +59,16 @@ def bucket_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else f"{lo}-{hi}"
 
 
-def by_length(sources: list[str], hyps: list[str], refs: list[str]) -> list[Bucket]:
+def by_length(sources: list[str], hyps: list[str], refs: list[str], target_lang: str = ""
+              ) -> list[Bucket]:
     """BLEU per source-length bucket (words); the buckets partition the test set."""
     out = []
     for lo, hi in LENGTH_BUCKETS:
         idx = [i for i, s in enumerate(sources) if lo <= max(1, len(s.split())) <= (hi or 10**9)]
         if not idx:
             continue
-        (bleu,) = corpus_scores([hyps[i] for i in idx], [refs[i] for i in idx], ("bleu",))
+        (bleu,) = corpus_scores([hyps[i] for i in idx], [refs[i] for i in idx], ("bleu",),
+                                target_lang)
         out.append(Bucket(bucket_label(lo, hi), len(idx), bleu.value))
     return out
 
@@ -80,8 +82,10 @@ def evaluate(translator: Translator, sources: list[str], refs: list[str], beam: 
     hyps = [t.text for t in translations]
     hyp_path.parent.mkdir(parents=True, exist_ok=True)
     hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    result = EvalResult(checkpoint, len(sources), beam, corpus_scores(hyps, refs, metrics),
-                        str(hyp_path), seconds, outputs=hyps)
+    target = translator.languages[1]
+    result = EvalResult(checkpoint, len(sources), beam,
+                        corpus_scores(hyps, refs, metrics, target), str(hyp_path), seconds,
+                        outputs=hyps)
     if lengths:
-        result.by_length = by_length(sources, hyps, refs)
+        result.by_length = by_length(sources, hyps, refs, target)
     return result

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sacrebleu.significance import PairedTest
 
-from nmt.evaluation.metrics import METRICS
+from nmt.evaluation.metrics import metric
 
 DEFAULT_RESAMPLES = 1000
 SIGNIFICANT = 0.05  # p-values below it are marked
@@ -61,11 +61,11 @@ class Comparison:
 
 def paired_bootstrap(systems: list[list[str]], references: list[str],
                      metrics: tuple[str, ...] = ("bleu",),
-                     resamples: int = DEFAULT_RESAMPLES) -> Comparison:
+                     resamples: int = DEFAULT_RESAMPLES, target_lang: str = "") -> Comparison:
     """Compares every system's hypotheses (one list per system, aligned with `references`)
-    with the first system's, for each metric."""
+    with the first system's, for each metric (BLEU tokenised for `target_lang`)."""
     named = [(str(i), hyps) for i, hyps in enumerate(systems)]
-    scorers = {name: METRICS[name](references=[references]) for name in metrics}
+    scorers = {name: metric(name, target_lang, references=[references]) for name in metrics}
     signatures, results = PairedTest(named, scorers, None, test_type="bs",
                                      n_samples=resamples)()
     labels = [key for key in results if key != "System"]  # sacrebleu's names, in our order

@@ -37,8 +37,8 @@ def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
     """A function that scores `model` on the validation split of `prepared`."""
     valid = Dataset.load(prepared.ids("valid"))
     batches = token_batches(valid.widths, cfg.train.batch_tokens, 0, 0, shuffle=False)
-    sources = prepared.text("valid", "en").read_text(encoding="utf-8").splitlines()
-    refs = prepared.text("valid", "pt").read_text(encoding="utf-8").splitlines()
+    sources = prepared.lines("valid", prepared.src_lang)
+    refs = prepared.lines("valid", prepared.tgt_lang)
     if cfg.train.valid_max_sentences:
         sources = sources[:cfg.train.valid_max_sentences]
         refs = refs[:cfg.train.valid_max_sentences]
@@ -55,7 +55,7 @@ def make_validator(model: Seq2Seq, prepared: Prepared, cfg: Config,
         # a new translator each time: it packs the weights as they are now
         translator = Translator(model, tokenizer, cfg.decode, 4 * cfg.data.max_pieces, device)
         hyps = [t.text for t in translator.translate(sources, beam=1)]
-        bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"))
+        bleu, chrf = corpus_scores(hyps, refs, ("bleu", "chrf"), prepared.tgt_lang)
         log.debug("validation scores: %s [%s]; %s [%s]", bleu.text, bleu.signature, chrf.text,
                   chrf.signature)
         return Validation(total / max(tokens, 1), bleu.value, chrf.value)

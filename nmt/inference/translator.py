@@ -23,6 +23,7 @@ from nmt.errors import CheckpointError, UsageError
 from nmt.fast import int8, kernels
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
+from nmt.languages import canonical
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,14 @@ class Translator:
         self.path = path  # the checkpoint it was loaded from, if any
         self.config, self.step = config, step  # that checkpoint's config and update count
         self._int8: Seq2Seq | Ensemble | None = None  # made at the first int8 search
+
+    @property
+    def languages(self) -> tuple[str, str]:
+        """(source, target) language codes as files name them (`por` is `pt`), from the
+        checkpoint's config ("", "" without one)."""
+        if self.config is None:
+            return "", ""
+        return canonical(self.config.data.src_lang), canonical(self.config.data.tgt_lang)
 
     def precision(self) -> str:
         """What the searches run in: 'fp32', 'bf16' or 'int8' (`decode.precision` here)."""
