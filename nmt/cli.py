@@ -307,7 +307,7 @@ def translate_cmd(
     int8: Int8Opt = False,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Translate English sentences into Portuguese."""
+    """Translate sentences from the model's source language into its target language."""
     from nmt.inference.translator import load_translator
     from nmt.translate import run_translate
 
@@ -332,10 +332,12 @@ def eval_cmd(
     checkpoint: Annotated[Optional[list[Path]], typer.Option(
         "--checkpoint", help="Checkpoint or run directory; repeat to compare them, the first "
         "being the baseline (default: newest run's best.pt).")] = None,
-    src: Annotated[Optional[Path], typer.Option("--src", help="English test sentences.")] = None,
-    ref: Annotated[Optional[Path], typer.Option("--ref", help="Portuguese references.")] = None,
+    src: Annotated[Optional[Path], typer.Option(
+        "--src", help="Test sentences in the model's source language.")] = None,
+    ref: Annotated[Optional[Path], typer.Option(
+        "--ref", help="Their references in its target language.")] = None,
     tsv: Annotated[Optional[Path], typer.Option(
-        "--tsv", help="Test set as English<TAB>Portuguese lines.")] = None,
+        "--tsv", help="Test set as source<TAB>reference lines.")] = None,
     beam: BeamOpt = None,
     bleu: Annotated[bool, typer.Option("--bleu", help="BLEU (always reported).")] = True,
     chrf: Annotated[bool, typer.Option("--chrf", help="Also chrF.")] = False,

@@ -27,6 +27,20 @@ ISO3_TO_ISO1 = {
 ISO1_TO_ISO3 = {two: three for three, two in ISO3_TO_ISO1.items()  # as Tatoeba writes them
                 if three not in ("zho", "fas", "lav", "nor")}
 ENGLISH = "en"
+# English names of the two-letter codes above, for messages, the page and plots.
+NAMES = {
+    "af": "Afrikaans", "ar": "Arabic", "be": "Belarusian", "bn": "Bengali", "bg": "Bulgarian",
+    "ca": "Catalan", "cs": "Czech", "zh": "Chinese", "da": "Danish", "de": "German",
+    "el": "Greek", "en": "English", "eo": "Esperanto", "et": "Estonian", "eu": "Basque",
+    "fa": "Persian", "fi": "Finnish", "fr": "French", "ga": "Irish", "gl": "Galician",
+    "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian", "hy": "Armenian",
+    "id": "Indonesian", "is": "Icelandic", "it": "Italian", "ja": "Japanese", "ka": "Georgian",
+    "ko": "Korean", "la": "Latin", "lt": "Lithuanian", "lv": "Latvian", "mk": "Macedonian",
+    "nl": "Dutch", "nb": "Norwegian Bokmål", "no": "Norwegian", "pl": "Polish",
+    "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak", "sl": "Slovenian",
+    "es": "Spanish", "sq": "Albanian", "sr": "Serbian", "sv": "Swedish", "th": "Thai",
+    "tr": "Turkish", "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese",
+}
 
 
 def is_code(text: str) -> bool:
@@ -38,6 +52,14 @@ def canonical(code: str) -> str:
     A Tatoeba script suffix (`srp_Cyrl`) is dropped."""
     base, sep, rest = code.split("_")[0].partition("-")
     return ISO3_TO_ISO1.get(base, base) + sep + rest
+
+
+def name(code: str) -> str:
+    """A language's English name (`pt-BR` -> "Portuguese (BR)"); the code itself where the
+    table does not know it."""
+    base, _, region = canonical(code).partition("-")
+    known = NAMES.get(base, canonical(code))
+    return f"{known} ({region})" if region and base in NAMES else known
 
 
 def same(a: str, b: str) -> bool:

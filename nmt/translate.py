@@ -62,15 +62,16 @@ def write_attention(translator: Translator, results: list, folder: Path) -> None
                                                                indent=1), encoding="utf-8")
         attention_heatmap(record["word_attention"], record["source_words"],
                           record["target_words"], folder / f"attention-{i}.png",
-                          title=tr.text)
+                          title=tr.text, axes=translator.language_names())
     log.info("attention written to %s/", folder)
 
 
 def _interactive(translator: Translator, beam: int | None) -> None:
-    sys.stderr.write("Type an English sentence and press Enter (Ctrl-D to quit).\n")
+    source = translator.language_names()[0]
+    sys.stderr.write(f"Type a sentence in {source} and press Enter (Ctrl-D to quit).\n")
     while True:
         try:
-            line = input("en> ")
+            line = input(f"{translator.languages[0] or 'source'}> ")
         except EOFError:
             sys.stderr.write("\n")
             return

@@ -197,6 +197,7 @@ def test_cli_explain(trained_run):
                                  "The cat sees the ball."])
     assert result.exit_code == 0, result.stderr
     assert "attends:" in result.stderr and "top:" in result.stderr
+    assert "English: The cat sees the ball." in result.stderr and "\nPortuguese: " in result.stderr
     assert result.stdout.strip() and "attends" not in result.stdout
 
 

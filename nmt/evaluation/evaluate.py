@@ -37,13 +37,13 @@ class EvalResult:
 
 def read_test_set(src: Path | None, ref: Path | None,
                   tsv: Path | None) -> tuple[list[str], list[str]]:
-    """Sources and references from a pair of line-aligned files or a TSV (English, Portuguese)."""
+    """Sources and references from a pair of line-aligned files or a TSV (source, reference)."""
     if tsv is not None:
         sources, refs = [], []
         for number, line in enumerate(read_lines(tsv), start=1):
             cols = line.split("\t")
             if len(cols) < 2:
-                raise DataError(f"{tsv}:{number}: expected English<TAB>Portuguese")
+                raise DataError(f"{tsv}:{number}: expected source<TAB>reference")
             sources.append(cols[0])
             refs.append(cols[1])
         return sources, refs

@@ -12,16 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def attention_heatmap(matrix: list[list[float]], source: list[str], target: list[str],
-                      path: Path, title: str = "") -> None:
-    """Target tokens down, source tokens across; darker is more attention."""
+                      path: Path, title: str = "",
+                      axes: tuple[str, str] = ("source", "translation")) -> None:
+    """Target tokens down, source tokens across (`axes`: their labels, e.g. the languages);
+    darker is more attention."""
     width = max(4.0, 0.45 * len(source) + 2)
     height = max(3.0, 0.4 * len(target) + 1.5)
     fig, ax = plt.subplots(figsize=(width, height))
     ax.imshow(matrix, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(source)), source, rotation=60, ha="right", fontsize=9)
     ax.set_yticks(range(len(target)), target, fontsize=9)
-    ax.set_xlabel("source")
-    ax.set_ylabel("translation")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

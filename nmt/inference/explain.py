@@ -58,7 +58,8 @@ def explain_lines(translator: Translator, tr: Translation, top: int = 3) -> list
     most-attended source pieces."""
     hyp = tr.hypotheses[0]
     pieces = translator.target_pieces(hyp)
-    lines = [f"source: {tr.source}", f"pieces: {' '.join(tr.src_pieces)}"]
+    source, target = translator.language_names()
+    lines = [f"{source}: {tr.source}", f"pieces: {' '.join(tr.src_pieces)}"]
     for t, piece in enumerate(pieces):
         alts = ", ".join(f"{translator.tokenizer.tgt.id_to_piece(i)} {p:.2f}"
                          for i, p in (hyp.alternatives or [[]] * len(pieces))[t])
@@ -69,5 +70,5 @@ def explain_lines(translator: Translator, tr: Translation, top: int = 3) -> list
             idx = [i for i in w.topk(k).indices.tolist() if w[i] > 0]
             looked = ", ".join(f"{tr.src_pieces[i]} {float(w[i]):.2f}" for i in idx) or "-"
         lines.append(f"{t + 1:>3}  {piece:<14} top: {alts:<40} attends: {looked}")
-    lines.append(f"translation: {tr.text}")
+    lines.append(f"{target}: {tr.text}")
     return lines

@@ -24,6 +24,7 @@ from nmt.fast import int8, kernels
 from nmt.inference.ensemble import Ensemble
 from nmt.inference.search import Hypothesis, beam_search, check_beam, greedy
 from nmt.languages import canonical
+from nmt.languages import name as language_name
 from nmt.model.seq2seq import Seq2Seq, build_model
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ class Translator:
         if self.config is None:
             return "", ""
         return canonical(self.config.data.src_lang), canonical(self.config.data.tgt_lang)
+
+    def language_names(self) -> tuple[str, str]:
+        """(source, target) languages' English names ("source", "target" without a config)."""
+        if self.config is None:
+            return "source", "target"
+        return tuple(language_name(code) for code in self.languages)  # type: ignore[return-value]
 
     def precision(self) -> str:
         """What the searches run in: 'fp32', 'bf16' or 'int8' (`decode.precision` here)."""

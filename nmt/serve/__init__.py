@@ -10,7 +10,8 @@
     model_info.py  what /info says about the model
     app.py       the FastAPI application: routes, errors, the pages
     server.py    binding, uvicorn, signals: what `nmt serve` runs
-    page.html    the page: type English, read the Portuguese, the n-best list and the attention
+    page.html    the page in the model's languages: type a sentence, read its translation, the
+                 n-best list and the attention
     docs.html    the API's documentation, rendered from /openapi.json with nothing fetched
                  from elsewhere
 

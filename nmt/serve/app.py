@@ -8,6 +8,7 @@ out-of-range options), 503 (busy or shutting down), 504 (no answer in time)."""
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,7 +30,7 @@ from nmt.serve.options import ServeOptions
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = """English→Portuguese translation with an attention LSTM (`nmt serve`).
+DESCRIPTION = """{source}→{target} translation with an attention LSTM (`nmt serve`).
 
 Requests that arrive together are translated as one batch; answers equal `nmt translate`'s
 with the same options. The page at `/` shows translations, n-best lists and attention."""
@@ -65,7 +66,9 @@ def create_app(translator: Translator, options: ServeOptions,
         batcher.close(options.grace_s)
         await asyncio.to_thread(batcher.join, options.grace_s + 60)
 
-    app = FastAPI(title="nmt", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+    (source, target), codes = translator.language_names(), translator.languages
+    app = FastAPI(title="nmt", version=__version__, lifespan=lifespan,
+                  description=DESCRIPTION.format(source=source, target=target),
                   docs_url=None, redoc_url=None)  # theirs load scripts from a CDN
     app.state.batcher = batcher
     app.add_middleware(Guard, max_bytes=options.max_body_bytes, api_key=options.api_key,
@@ -74,6 +77,9 @@ def create_app(translator: Translator, options: ServeOptions,
     app.add_exception_handler(RequestValidationError, _invalid)
     guarded = [Depends(key_checker(options.api_key))]
     page, docs = packaged_html("page.html"), packaged_html("docs.html")
+    for token, value in (("{{SOURCE}}", source), ("{{TARGET}}", target),
+                         ("{{SOURCE_CODE}}", codes[0]), ("{{TARGET_CODE}}", codes[1])):
+        page = page.replace(token, html.escape(value))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -20,6 +20,7 @@ class ModelInfo:
     config: Config
     src_vocab: int
     tgt_vocab: int
+    languages: tuple[str, str]  # (source, target) codes
 
     def summary(self) -> dict:
         """The /info body, less the server's limits and counters."""
@@ -29,6 +30,7 @@ class ModelInfo:
                 "parameters": self.parameters, "device": self.device,
                 "attention": asdict(m.attention), "model": sizes,
                 "vocabulary": {"source": self.src_vocab, "target": self.tgt_vocab},
+                "languages": {"source": self.languages[0], "target": self.languages[1]},
                 "decode": asdict(self.config.decode)}
 
 
@@ -43,4 +45,4 @@ def describe(translator: Translator) -> ModelInfo:
         parameters=sum(p.numel() for p in translator.model.parameters()),
         device=str(translator.device), config=replace(cfg, decode=translator.decode),
         src_vocab=translator.tokenizer.src_vocab_size,
-        tgt_vocab=translator.tokenizer.tgt_vocab_size)
+        tgt_vocab=translator.tokenizer.tgt_vocab_size, languages=translator.languages)

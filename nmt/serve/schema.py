@@ -18,7 +18,8 @@ class TranslateRequest(BaseModel):
          "attention": True}]})
 
     text: str | Annotated[list[str], Field(min_length=1)] = Field(
-        description="One English sentence, or a list of them (answers keep their order).")
+        description="One sentence in the model's source language, or a list of them (answers "
+                    "keep their order).")
     beam: int | None = Field(None, ge=1, description="Beam size; 1 is greedy (default: the "
                              "checkpoint's decode.beam; at most the server's max_beam).")
     n_best: int = Field(1, ge=1, description="Hypotheses returned per sentence (at most beam).")
@@ -85,6 +86,7 @@ class Info(BaseModel):
                             "coverage.")
     model: dict = Field(description="Sizes and layers.")
     vocabulary: dict = Field(description="SentencePiece vocabulary sizes: source, target.")
+    languages: dict = Field(description="Language codes: source, target.")
     decode: dict = Field(description="The checkpoint's decoding defaults.")
     limits: dict = Field(description="What one request may ask for, and its deadline.")
     served: Served = Field(description="What the server has done since startup.")
