@@ -34,12 +34,14 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 from bench import PEERS, export_pieces, median_tokens_per_s, test_pairs
-from race_peers import RECIPES, Launch, Recipe, timed_run, updates_per_minute
+from race_peers import RECIPES, Launch, PeerRun, Recipe, timed_run, updates_per_minute
 
 from nmt.config import Config, load_config
 from nmt.data.prepare import Prepared, prepare
@@ -69,6 +71,7 @@ class Entry:
     curve: list[tuple[float, int, float]]  # (minutes, updates, validation BLEU)
     bleu: float = 0.0
     chrf: float = 0.0
+    load: float = 0.0  # the machine's mean 1-minute load average while it trained
     hypotheses: list[str] = field(default_factory=list)
 
     @property
@@ -76,15 +79,43 @@ class Entry:
         return f"{NAMES[self.toolkit]} seed {self.seed}"
 
 
+class Load:
+    """The machine's 1-minute load average, sampled every 10 s while a run trains: on this
+    2-core machine about 2 is the run alone, more is other work beside it."""
+
+    def __enter__(self) -> Load:
+        self.samples: list[float] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(10.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def mean(self) -> float:
+        return statistics.mean(self.samples) if self.samples else float("nan")
+
+
 # ---------------------------------------------------------------- nmt
 
 
 def race_nmt(args: argparse.Namespace, seed: int, prepared: Prepared,
-             test: tuple[list[str], list[str]]) -> Entry:
+             test: tuple[list[str], list[str]]) -> Callable[[], Entry]:
+    """Trains nmt for the budget; returns what scores the run afterwards."""
     cfg = load_config(args.config, [f"train.max_minutes={args.minutes}", "train.max_steps=0",
                                     f"train.seed={seed}", *args.overrides])
     log.info("nmt (seed %d): %s for %g minutes", seed, args.config, args.minutes)
     run = train(cfg, runs_dir=args.runs / f"nmt-seed{seed}", overwrite=True)
+    return lambda: score_nmt(run, seed, test)
+
+
+def score_nmt(run: Path, seed: int, test: tuple[list[str], list[str]]) -> Entry:
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     curve = [(float(r["minutes"]), int(r["step"]), float(r["bleu"])) for r in rows
@@ -133,7 +164,8 @@ def peer_translate(kind: str, out: Path, checkpoint: Path, source: Path, beam: i
 
 
 def race_peer(kind: str, seed: int, data: Path, args: argparse.Namespace, prepared: Prepared,
-              valid_refs: list[str], test: tuple[list[str], list[str]]) -> Entry:
+              valid_refs: list[str], test: tuple[list[str], list[str]]) -> Callable[[], Entry]:
+    """Trains a peer for the budget; returns what scores its checkpoints afterwards."""
     template = PEERS / f"{kind}.template.yaml"
     recipe = nmt_recipe(args.cfg) if args.recipe == "nmt" else None
     launch = Launch(kind, args.recipe, seed, data, args.runs / f"{kind}-seed{seed}",
@@ -142,6 +174,11 @@ def race_peer(kind: str, seed: int, data: Path, args: argparse.Namespace, prepar
         args.rates[kind] = updates_per_minute(VENVS, template, launch, recipe, args.calibrate)
     run = timed_run(VENVS, template, launch, recipe, args.minutes, args.rates[kind],
                     args.points, args.runs / f"{kind}-seed{seed}-checkpoints")
+    return lambda: score_peer(kind, seed, data, args, prepared, valid_refs, launch, run)
+
+
+def score_peer(kind: str, seed: int, data: Path, args: argparse.Namespace, prepared: Prepared,
+               valid_refs: list[str], launch: Launch, run: PeerRun) -> Entry:
     curve = []
     for step, (minute, checkpoint) in sorted(run.checkpoints.items()):
         hyps = peer_translate(kind, launch.out, checkpoint, data / "curve.en", 1, prepared)
@@ -175,20 +212,21 @@ def table(entries: list[Entry], comparison, minutes: float, test_size: int) -> s
     recipes = {e.recipe for e in entries if e.toolkit != "nmt"}
     lines = [f"Each run trained {minutes:g} minutes after its first update (validations "
              f"included) on this machine; the peers with "
-             f"{'nmt' if recipes == {'nmt'} else 'their own'}'s recipe. Test split of "
+             f"{'nmt' + chr(39) + 's recipe' if recipes == {'nmt'} else 'their own recipes'}. "
+             f"Test split of "
              f"{test_size:,} pairs, beam 5, each run's checkpoint with the best validation BLEU. "
              f"95% intervals and p-values against {entries[0].label} by paired bootstrap "
              f"({comparison.resamples} resamples).", "",
              "| run | BLEU | chrF | p (BLEU) | updates | train tgt tok/s | best at min "
-             "| last checkpoint min | start-up s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| last checkpoint min | start-up s | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e, (bleu, chrf) in zip(entries, comparison.systems):
         p = "" if bleu.p_value is None else f"{bleu.p_value:.4f}"
         startup = "" if e.startup_s is None else f"{e.startup_s:.0f}"
         lines.append(f"| {e.label} | {bleu.score:.2f} ± {bleu.ci:.2f} "
                      f"| {chrf.score:.2f} ± {chrf.ci:.2f} | {p} | {e.updates:,} "
                      f"| {e.tgt_tokens_per_s:,.0f} | {e.minutes:.1f} | {e.last_checkpoint:.1f} "
-                     f"| {startup} |")
+                     f"| {startup} | {e.load:.1f} |")
     lines.append("")
     for kind in NAMES:
         runs = [(e, bleu) for e, (bleu, _) in zip(entries, comparison.systems)
@@ -239,7 +277,7 @@ def main() -> None:
     prepared = prepare(cfg.data)
     test = test_pairs(prepared, args.test_sentences or 10 ** 9, cfg.data.max_pieces)
     n_valid = cfg.train.valid_max_sentences or 10 ** 9
-    valid_refs = prepared.text("valid", "pt").read_text(encoding="utf-8").splitlines()[:n_valid]
+    valid_refs = prepared.lines("valid", prepared.tgt_lang)[:n_valid]
     data = args.runs / "pieces"
     export_pieces(prepared, data, test)
     for lang in ("en", "pt"):  # checkpoints are scored on the sentences nmt validates on;
@@ -247,13 +285,22 @@ def main() -> None:
         lines = dev.read_text(encoding="utf-8").splitlines(True)  # checkpoint, on fewer
         (data / f"curve.{lang}").write_text("".join(lines[:n_valid]), encoding="utf-8")
         dev.write_text("".join(lines[:args.peer_dev]), encoding="utf-8")
-    entries = []
+    scorers = []  # every run trains first, one after the other; then each is scored
     for kind, seed in runs:
         try:
-            entries.append(race_nmt(args, seed, prepared, test) if kind == "nmt" else
-                           race_peer(kind, seed, data, args, prepared, valid_refs, test))
+            with Load() as load:
+                scorers.append((race_nmt(args, seed, prepared, test) if kind == "nmt" else
+                                race_peer(kind, seed, data, args, prepared, valid_refs, test),
+                                load))
         except (RuntimeError, subprocess.CalledProcessError) as err:  # the others still count
             log.error("%s seed %d: %s", kind, seed, err)
+    entries = []
+    for scorer, load in scorers:
+        try:
+            entries.append(scorer())
+            entries[-1].load = load.mean()
+        except (RuntimeError, subprocess.CalledProcessError) as err:
+            log.error("scoring: %s", err)
     if not entries:
         sys.exit("race: no run finished")
     comparison = paired_bootstrap([e.hypotheses for e in entries], test[1], ("bleu", "chrf"))
