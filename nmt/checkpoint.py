@@ -12,11 +12,13 @@ A checkpoint is a plain dict of tensors and plain data (never a pickled module),
 
 Run directory: last.pt (resumable), step-N.pt for the best `keep_best` validations and the last
 `average_last` ones, best.pt (a symlink to the best of them), averaged.pt (the mean of the last
-`average_last`, nmt.training.averaging), config.yaml, spm.*.model, train.log, metrics.csv.
+`average_last`, nmt.training.averaging), config.yaml, spm.*.model, train.log, metrics.csv, and
+for a fine-tuned run parent.json (nmt.training.finetune).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -110,6 +112,17 @@ def _from_version_1(data: dict) -> dict:
         model[_V1_SCORE.sub(r"decoder.attention.score.\1.", k)] = v
     return {**{k: v for k, v in data.items() if k != "resume"}, "model": model,
             "version": CHECKPOINT_VERSION}
+
+
+def weights_digest(model: dict[str, torch.Tensor]) -> str:
+    """The sha256 of a state dict: each tensor's name, dtype, shape and bytes, by name (so the
+    order the dict was built in does not count); equal digests, equal weights."""
+    h = hashlib.sha256()
+    for name in sorted(model):
+        tensor = model[name].detach().cpu().contiguous()
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def set_best(run_dir: Path, target: Path) -> None:

@@ -4,6 +4,7 @@ every `NmtError` into one line on stderr with its exit code (2: usage/config, 1:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from pathlib import Path
@@ -157,7 +158,12 @@ def data_prepare(config: ConfigOpt, set_: SetOpt = None) -> None:
     from nmt.data.report import summary_table
 
     cfg = load_config(config, set_ or [])
-    prepared = prepare(cfg.data)
+    given = None
+    if cfg.train.init_from:  # a fine-tune's corpora are encoded with its parent's models
+        from nmt.training import finetune
+
+        given = finetune.given_tokenizer(cfg, finetune.load_parent(cfg), None)
+    prepared = prepare(cfg.data, tokenizer=given)
     typer.echo(summary_table(prepared, cfg.train.batch_tokens, cfg.train.seed,
                              [c.weight for c in cfg.data.corpora],
                              [c.path for c in cfg.data.corpora]))
@@ -185,6 +191,9 @@ def train_cmd(
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Processes on this machine (DDP via torchrun): one per GPU, "
                                "or CPU processes.")] = 1,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Fine-tune: start from this run's best.pt (or this checkpoint) and "
+                            "its tokenizer; sets train.init_from.")] = None,
 ) -> None:
     """Train a model; writes runs/<name>/ (config, tokenizer, checkpoints, metrics.csv)."""
     from nmt.config import load_config
@@ -198,9 +207,12 @@ def train_cmd(
         overrides.append(f"train.threads={threads}")
     if precision is not None:
         overrides.append(f"train.precision={precision}")
+    if init_from is not None:  # quoted: a path is a string, whatever YAML would make of it
+        overrides.append(f"train.init_from={json.dumps(str(init_from))}")
     if resume is not None:
-        if config is not None or overwrite:
-            raise UsageError("--resume takes the run's own config: drop --config/--overwrite")
+        if config is not None or overwrite or init_from is not None:
+            raise UsageError("--resume takes the run's own config: drop "
+                             "--config/--overwrite/--init-from")
         if not (resume / "last.pt").is_file():
             raise UsageError(f"--resume {resume}: no last.pt there to continue from")
         cfg = resume_config(resume, overrides)

@@ -126,6 +126,10 @@ class TrainConfig:
     log_every: int = 50  # log a progress line every N updates
     tensorboard: bool = False  # also write TensorBoard event files into the run's tensorboard/
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    # fine-tuning: a new run starts from the weights and tokenizer of a run directory (its
+    # best.pt) or checkpoint, whose model.* (dropout aside), vocabulary and languages it shares
+    init_from: str | None = None  # fine-tune from this run directory (its best.pt) or checkpoint
+    init_optimizer: bool = False  # with init_from: also its Adam moments (step, lr start fresh)
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.threads", lambda v: v <= MAX_THREADS, f"at most {MAX_THREADS}"),
     ("train.log_every", lambda v: v >= 1, ">= 1"),
     ("train.max_bad_steps", lambda v: v >= 1, ">= 1"),
+    ("train.init_from", lambda v: v is None or v.strip() != "",
+     "a run directory or checkpoint file (null: none)"),
     ("train.accumulate", lambda v: v >= 1, ">= 1"),
     ("decode.beam", lambda v: v >= 1, ">= 1"),
     ("decode.length_penalty", lambda v: 0 <= v <= 10, "in [0, 10]"),
@@ -386,6 +392,13 @@ def _corpus_columns(cfg: Config) -> Iterator[str]:
                 if not (languages.same(code, d.src_lang) or languages.same(code, d.tgt_lang)):
                     yield (f"{key}: {code!r} is neither data.src_lang ({d.src_lang!r}) nor "
                            f"data.tgt_lang ({d.tgt_lang!r})")
+
+
+@_reads("train.init_optimizer", "train.init_from")
+def _moments_need_parent(cfg: Config) -> Iterator[str]:
+    if cfg.train.init_optimizer and cfg.train.init_from is None:
+        yield ("train.init_optimizer: loads the Adam moments of train.init_from, which is not "
+               "set (give train.init_from or --init-from)")
 
 
 @_reads("data.corpora")

@@ -31,7 +31,7 @@ from nmt.evaluation.validation import Validation, make_validator
 from nmt.fast import kernels
 from nmt.inference.search import check_beam
 from nmt.model.seq2seq import count_parameters
-from nmt.training import averaging, board, changes, distributed
+from nmt.training import averaging, board, changes, distributed, finetune
 from nmt.training.memory import allocate_model
 from nmt.training.schedule import Schedule
 from nmt.training.trainer import Trainer
@@ -88,6 +88,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     problems = [f"{s}: cannot change when resuming" for s in ("data", "model")
                 if getattr(cfg, s) != getattr(before, s)]
     problems += changes.refused(before.train, cfg.train)
+    problems += finetune.refused_on_resume(before, cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -118,6 +119,8 @@ def train(cfg: Config, runs_dir: Path = Path("runs"), resume: Path | None = None
 
 def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
            d: distributed.Dist, device: torch.device, stack: ExitStack) -> Path:
+    # a fine-tune starts from its parent once; resumed, from its own last.pt
+    parent = finetune.load_parent(cfg) if cfg.train.init_from and not resume else None
     if d.main:
         if resume:
             run_dir = resume
@@ -125,13 +128,16 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         else:
             run_dir = _new_run_dir(cfg, runs_dir, overwrite, stack)
         _log_to_file(run_dir / "train.log")
-        prepared = prepare(cfg.data)
     else:
         logging.getLogger("nmt").setLevel(logging.WARNING)
+    state = checkpoint.load(resume / "last.pt") if resume else None
+    given = finetune.given_tokenizer(cfg, parent, state)
+    if d.main:
+        prepared = prepare(cfg.data, tokenizer=given)
     distributed.barrier(d)  # run directory and prepared data exist
     if not d.main:
         run_dir = resume if resume else runs_dir / cfg.name
-        prepared = prepare(cfg.data, progress=False)
+        prepared = prepare(cfg.data, progress=False, tokenizer=given)
     tok = prepared.tokenizer()
     check_beam(cfg.decode.beam, tok.tgt_vocab_size, "decode.beam")
     seed_everything(cfg.train.seed)
@@ -140,6 +146,10 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
     if d.enabled:
         torch.manual_seed(cfg.train.seed * 1000 + d.rank)  # own dropout noise per process
     optimizer, schedule = build_optimizer(cfg.train, model)
+    if parent:
+        finetune.load_weights(model, parent)
+        if parent.moments is not None:
+            finetune.load_moments(optimizer, parent)
     t = cfg.train
     saved = {"config": to_dict(cfg), "tokenizer": {"src": tok.src_model, "tgt": tok.tgt_model}}
     validate = make_validator(model, prepared, cfg, device) if d.main else None
@@ -149,7 +159,6 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
                       device, d, corpus_weights=weights,
                       collate=_sampling(cfg, prepared, data) if cfg.data.sampling_alpha else None)
     if resume:
-        state = checkpoint.load(run_dir / "last.pt")
         if "resume" not in state:
             raise CheckpointError(f"{run_dir / 'last.pt'}: written by an older nmt; it "
                                   "translates, but its training cannot be resumed")
@@ -161,7 +170,10 @@ def _train(cfg: Config, runs_dir: Path, resume: Path | None, overwrite: bool,
         log.info("resuming %s at step %d (epoch %d)", run_dir, trainer.progress.step,
                  trainer.progress.epoch)
     elif d.main:
-        _write_run_files(run_dir, cfg, prepared)
+        _write_run_files(run_dir, cfg, prepared, parent)
+    if parent:
+        log.info("fine-tuning from %s (step %s, weights sha256 %s…)%s", parent.path, parent.step,
+                 parent.digest[:16], ", with its Adam moments" if parent.moments else "")
     if t.tensorboard and d.main:
         trainer.board = board.Board(run_dir, trainer.progress.step if resume else None)
         stack.callback(trainer.board.close)
@@ -231,11 +243,14 @@ def _log_changes(run_dir: Path, before: Config, cfg: Config, step: int) -> None:
         checkpoint.atomic_write(run_dir / "config.yaml", lambda f: f.write(text))
 
 
-def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared) -> None:
+def _write_run_files(run_dir: Path, cfg: Config, prepared: Prepared,
+                     parent: finetune.Parent | None) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     for lang in (prepared.src_lang, prepared.tgt_lang):
         shutil.copyfile(prepared.spm(lang), run_dir / prepared.spm(lang).name)
         shutil.copyfile(prepared.text("test", lang), run_dir / f"test.{lang}")
+    if parent:
+        finetune.write_record(run_dir, parent)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -3,6 +3,9 @@
     corpora --read--> raw pairs --clean/filter/dedup/leakage--> pairs --split--> train/valid/test
     train split --SentencePiece--> models --encode--> ids (flat arrays + offsets, .npz)
 
+A fine-tuned run brings its parent's SentencePiece models: they encode the new corpora instead of
+models trained on them, and their digest joins the cache key (nmt.training.finetune).
+
 Each pair keeps the index of its corpus in `data.corpora` (`corpus` in the .npz), which corpus
 weights read when an epoch is composed (nmt.data.batching), and its line in the split's text
 files (`line`; pairs over `data.max_pieces` are dropped from the ids, not from the text), from
@@ -141,12 +144,24 @@ def pair(cfg: DataConfig) -> tuple[str, str]:
     return languages.canonical(cfg.src_lang), languages.canonical(cfg.tgt_lang)
 
 
-def cache_key(cfg: DataConfig) -> str:
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """The sha256 of a tokenizer's source and target SentencePiece models."""
+    h = hashlib.sha256()
+    for model in (tokenizer.src_model, tokenizer.tgt_model):
+        h.update(hashlib.sha256(model).digest())
+    return h.hexdigest()
+
+
+def cache_key(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> str:
+    """The cache entry of `cfg`; `tokenizer`: the given SentencePiece models encode the corpora
+    (keyed by their digest, apart from the models trained on the corpora)."""
     corpora, protected = _inputs(cfg)
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in UNKEYED + ("src_lang", "tgt_lang")}
     if pair(cfg) != DEFAULT_PAIR:
         settings["pair"] = pair(cfg)
+    if tokenizer is not None:
+        settings["tokenizer"] = tokenizer_digest(tokenizer)
     settings["corpora"] = [{k: v for k, v in c.items()
                             if k != "weight" and not (k == "columns" and v is None)}
                            for c in settings["corpora"]]
@@ -176,18 +191,22 @@ def _load_manifest(path: Path, key: str) -> Summary | None:
         return None
 
 
-def prepare(cfg: DataConfig, progress: bool = True, origins: bool = False) -> Prepared:
+def prepare(cfg: DataConfig, progress: bool = True, origins: bool = False,
+            tokenizer: Tokenizer | None = None) -> Prepared:
     """Prepares (or reuses the cached) dataset for `cfg`. One process at a time works on a
     cache entry; another waits for it, then finds the entry ready. `origins`: the caller reads
-    each pair's corpus and line in every split (a cache that lacks them is prepared again)."""
-    key = cache_key(cfg)
+    each pair's corpus and line in every split (a cache that lacks them is prepared again).
+    `tokenizer`: encode with these SentencePiece models (a parent run's, source and target as
+    data.src_lang and data.tgt_lang) instead of training new ones."""
+    key = cache_key(cfg, tokenizer)
     Path(cfg.prepared_dir).mkdir(parents=True, exist_ok=True)
     out = Path(cfg.prepared_dir) / key
     with lock.hold(Path(cfg.prepared_dir) / f".{key}.lock", f"prepared data {out}", wait=True):
-        return _prepare(cfg, key, out, progress, origins)
+        return _prepare(cfg, key, out, progress, origins, tokenizer)
 
 
-def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool, origins: bool) -> Prepared:
+def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool, origins: bool,
+             tokenizer: Tokenizer | None) -> Prepared:
     summary = _load_manifest(out, key) if out.exists() else None
     missing = _missing_records(out, cfg, origins) if summary is not None else None
     if missing:
@@ -200,7 +219,7 @@ def _prepare(cfg: DataConfig, key: str, out: Path, progress: bool, origins: bool
         return Prepared(out, summary, *pair(cfg))
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cfg.prepared_dir))
     try:
-        summary = _build(cfg, work, progress)
+        summary = _build(cfg, work, progress, tokenizer)
         _write_manifest(work, key, summary, pair(cfg))
         if out.exists():
             shutil.rmtree(out)
@@ -231,7 +250,7 @@ def _missing_records(path: Path, cfg: DataConfig, origins: bool = False) -> str 
     return " and ".join(dict.fromkeys(missing)) or None
 
 
-def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
+def _build(cfg: DataConfig, work: Path, progress: bool, given: Tokenizer | None) -> Summary:
     start = time.perf_counter()
     corpora, protected_files = _inputs(cfg)
     cleaner = Cleaner(cfg, read_protected(protected_files))
@@ -263,7 +282,8 @@ def _build(cfg: DataConfig, work: Path, progress: bool) -> Summary:
     splits = unshared(assign_splits(keys, cfg.valid_size, cfg.test_size), others)
     split_origins = _write_splits(cleaned, splits, origins, work, langs)
     cleaned.unlink()
-    tokenizer = _train_tokenizer(cfg, work, langs)
+    tokenizer = (_given_tokenizer(given, work, langs) if given
+                 else _train_tokenizer(cfg, work, langs))
     summary = Summary(read=stats.read, skipped=dict(stats.skipped),
                       skipped_where=stats.examples, dropped=dict(cleaner.stats.dropped),
                       kept=len(keys) - splits.count(None))
@@ -326,6 +346,13 @@ def _train_tokenizer(cfg: DataConfig, work: Path, langs: tuple[str, str]) -> Tok
     (work / f"spm.{src_lang}.model").write_bytes(src)
     (work / f"spm.{tgt_lang}.model").write_bytes(tgt)
     return Tokenizer(src, tgt)
+
+
+def _given_tokenizer(tokenizer: Tokenizer, work: Path, langs: tuple[str, str]) -> Tokenizer:
+    """Writes the given models as the two languages' models, as `_train_tokenizer` does."""
+    (work / f"spm.{langs[0]}.model").write_bytes(tokenizer.src_model)
+    (work / f"spm.{langs[1]}.model").write_bytes(tokenizer.tgt_model)
+    return tokenizer
 
 
 def _encode_split(tok: Tokenizer, work: Path, split: str, origins: array,
