@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -17,33 +16,16 @@ from typer.testing import CliRunner
 from nmt import checkpoint
 from nmt.cli import app
 from nmt.config import TrainConfig
-from nmt.data.batching import Dataset
 from nmt.evaluation.validation import Validation
 from nmt.train import build_optimizer, resume_config, train
 from nmt.training.trainer import Trainer
 
 from conftest import small_model, tiny_config
+from test_schedule import FakeClock, toy_data
 
 BASE, FLOOR = 0.01, 1e-4
 TOY = {"batch_tokens": 40, "lr": BASE, "min_lr": FLOOR, "max_steps": 40, "valid_every": 1000,
        "log_every": 1000}
-
-
-class Clock:
-    """Stands in for time.perf_counter: it moves only when an update is made."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def toy_data(pairs: int = 24, vocab: int = 30) -> Dataset:
-    gen = np.random.default_rng(0)
-    src_len, tgt_len = gen.integers(2, 9, pairs), gen.integers(2, 9, pairs)
-    return Dataset(gen.integers(4, vocab, int(src_len.sum())), src_len,
-                   gen.integers(4, vocab, int(tgt_len.sum())), tgt_len)
 
 
 def toy(run_dir: Path, stop_after: int = 0, seconds: float = 3.0, resume_from: Path | None = None,
@@ -58,7 +40,7 @@ def toy(run_dir: Path, stop_after: int = 0, seconds: float = 3.0, resume_from: P
     optimizer, schedule = build_optimizer(settings, model)
     trainer = Trainer(model, optimizer, schedule, toy_data(), lambda: Validation(1.0, 0.0, 0.0),
                       settings, run_dir, {"config": {}, "tokenizer": {}}, torch.device("cpu"))
-    trainer.clock = clock = Clock()
+    trainer.clock = clock = FakeClock(0.0)
     if resume_from is not None:
         saved = checkpoint.load(resume_from / "last.pt")
         model.load_state_dict(saved["model"])
