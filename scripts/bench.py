@@ -223,24 +223,25 @@ class Alongside:
 def test_pairs(prepared: Prepared, sentences: int, max_pieces: int) -> Pairs:
     """The first `sentences` test pairs whose source fits every toolkit: fewer than
     `max_pieces` pieces, so that with its end-of-sentence token it fits fairseq's positions."""
-    src = prepared.text("test", "en").read_text(encoding="utf-8").splitlines()
-    ref = prepared.text("test", "pt").read_text(encoding="utf-8").splitlines()
+    src = prepared.lines("test", prepared.src_lang)
+    ref = prepared.lines("test", prepared.tgt_lang)
     fits = [len(p) < max_pieces for p in prepared.tokenizer().src.encode(src)]
     pairs = [(s, r) for s, r, ok in zip(src, ref, fits) if ok][:sentences]
     return [s for s, _ in pairs], [r for _, r in pairs]
 
 
 def export_pieces(prepared: Prepared, folder: Path, test: Pairs) -> None:
-    """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers; the test
-    split is `test` (`test_pairs`)."""
+    """train/dev/test.{en,pt} as space-separated SentencePiece pieces, for the peers, whose
+    templates name the source side `en` and the target side `pt` (whatever the languages); the
+    test split is `test` (`test_pairs`)."""
     tok = prepared.tokenizer()
     folder.mkdir(parents=True, exist_ok=True)
+    sides = (("en", prepared.src_lang, tok.src), ("pt", prepared.tgt_lang, tok.tgt))
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
-        for i, (lang, sp) in enumerate((("en", tok.src), ("pt", tok.tgt))):
-            lines = (test[i] if split == "test"
-                     else prepared.text(split, lang).read_text(encoding="utf-8").splitlines())
+        for i, (label, lang, sp) in enumerate(sides):
+            lines = test[i] if split == "test" else prepared.lines(split, lang)
             pieces = sp.encode(lines, out_type=str)
-            (folder / f"{name}.{lang}").write_text(
+            (folder / f"{name}.{label}").write_text(
                 "".join(" ".join(p) + "\n" for p in pieces), encoding="utf-8")
 
 

@@ -133,7 +133,8 @@ def split_corpora(config: Path, overrides: list[str], split: str
     names, from the base config's prepared data."""
     cfg = from_dict(apply_overrides(read_yaml(config), overrides))
     prepared = prepare(cfg.data, progress=False, origins=True)
-    sources, refs = prepared.lines(split, "en"), prepared.lines(split, "pt")
+    sources = prepared.lines(split, prepared.src_lang)
+    refs = prepared.lines(split, prepared.tgt_lang)
     corpus = [-1] * len(sources)
     ids = np.load(prepared.ids(split))
     for line, c in zip(ids["line"], ids["corpus"]):

@@ -145,7 +145,8 @@ def main() -> None:
     prepared = prepare(d)
     data = Dataset.load(prepared.ids("train"))
     tok = prepared.tokenizer()
-    sources, targets = prepared.lines("train", "en"), prepared.lines("train", "pt")
+    sources = prepared.lines("train", prepared.src_lang)
+    targets = prepared.lines("train", prepared.tgt_lang)
     batches = epoch_batches(data.widths, data.corpus, [c.weight for c in d.corpora],
                             t.batch_tokens, t.seed, 0)
     sampled = Resegmented(data, sources, targets,
