@@ -171,7 +171,8 @@ def race_peer(kind: str, seed: int, data: Path, args: argparse.Namespace, prepar
     launch = Launch(kind, args.recipe, seed, data, args.runs / f"{kind}-seed{seed}",
                     args.max_pieces)
     if kind not in args.rates:  # its speed, once a toolkit
-        args.rates[kind] = updates_per_minute(VENVS, template, launch, recipe, args.calibrate)
+        args.rates[kind] = updates_per_minute(VENVS, template, launch, recipe, args.calibrate,
+                                              args.minutes * 60 / args.points)
     run = timed_run(VENVS, template, launch, recipe, args.minutes, args.rates[kind],
                     args.points, args.runs / f"{kind}-seed{seed}-checkpoints")
     return lambda: score_peer(kind, seed, data, args, prepared, valid_refs, launch, run)

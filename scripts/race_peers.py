@@ -4,10 +4,11 @@ or their own, their launch, their clock and their checkpoints.
 A peer's config is the bench's template (the architecture of run-peer.sh) with its placeholders
 filled in, then, for nmt's recipe, every knob the peer has that nmt's config sets: token batches,
 learning rate, label smoothing, and a decay near the end of the budget, placed from the peer's
-speed measured in a short untimed run. OpenNMT-py decays by steps (halving the rate four times
-over the budget's last `decay_fraction`); Joey NMT 2.3.0 has no decay by steps that works (its
-`warmupexponentialdecay` is built without its optimizer), so it halves the rate at each
-validation that does not improve (`plateau`, patience 1).
+speed measured in short untimed runs that validate as often as the timed one will (a decay
+placed by the speed without validations starts late). OpenNMT-py decays by steps (halving the
+rate four times over the budget's last `decay_fraction`); Joey NMT 2.3.0 has no decay by steps
+that works (its `warmupexponentialdecay` is built without its optimizer), so it halves the rate
+at each validation that does not improve (`plateau`, patience 1).
 
 Every toolkit's clock starts at its first update: a peer logs each step, and its clock starts when
 its first step is logged; its start-up (imports, vocabulary) is measured and reported apart.
@@ -142,10 +143,21 @@ def first_update(launch: Launch, proc: subprocess.Popen, timeout: float = 900) -
 
 
 def updates_per_minute(venvs: Path, template: Path, launch: Launch, recipe: Recipe | None,
-                       seconds: float) -> float:
-    """The peer's speed with its recipe, from an untimed run: the updates it logs in the
-    `seconds` after its first one."""
-    proc = start(venvs, launch, render(template, launch, 10 ** 7, 10 ** 7, recipe))
+                       seconds: float, validate_every_s: float) -> float:
+    """The peer's speed with its recipe, validations and checkpoints included, from two untimed
+    runs: the updates it logs in the `seconds` after its first one without validating, which
+    set how often it validates in the second, which runs two validations' time (a validation
+    every `validate_every_s` seconds, as the timed run will) and gives the rate."""
+    rate = _rate(venvs, template, launch, recipe, seconds, 10 ** 7)
+    every = max(1, round(rate * validate_every_s / 60))
+    rate = _rate(venvs, template, launch, recipe, 2 * validate_every_s + 5, every)
+    log.info("%s: %.1f updates a minute, validating every %d", launch.kind, rate, every)
+    return rate
+
+
+def _rate(venvs: Path, template: Path, launch: Launch, recipe: Recipe | None, seconds: float,
+          valid_freq: int) -> float:
+    proc = start(venvs, launch, render(template, launch, 10 ** 7, valid_freq, recipe))
     try:
         begin = first_update(launch, proc)
         first = steps_seen(launch.kind, launch.out)[0]
@@ -154,7 +166,6 @@ def updates_per_minute(venvs: Path, template: Path, launch: Launch, recipe: Reci
         rate = (steps[-1] - first) / (time.time() - begin) * 60
         if rate <= 0:
             raise RuntimeError(f"{launch.kind} logged too few steps; see {launch.out}/train.out")
-        log.info("%s: %.1f updates a minute", launch.kind, rate)
         return rate
     finally:
         stop(proc)
