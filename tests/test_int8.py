@@ -94,6 +94,19 @@ def test_the_probe_falls_back_to_the_plain_model(monkeypatch, caplog):
 
 
 @fast_only
+def test_the_probe_leaves_the_global_random_state_alone():
+    """The probe runs at a training run's first validation: drawing from the global generator
+    there would make a resumed run's dropout differ from an uninterrupted one's."""
+    int8._works.cache_clear()
+    try:
+        before = torch.get_rng_state()
+        assert int8._works()
+        assert torch.equal(torch.get_rng_state(), before)
+    finally:
+        int8._works.cache_clear()
+
+
+@fast_only
 def test_the_probe_passes_where_the_operators_work():
     if platform.machine() in ("x86_64", "AMD64"):
         assert int8.available()  # fbgemm ships with torch's CPU builds on x86
