@@ -33,20 +33,18 @@ def metric(name: str, target_lang: str = "", **kwargs):
     if name != "bleu":
         return METRICS[name](**kwargs)
     lang = canonical(target_lang).split("-")[0] if target_lang else ""
-    if lang in BLEU._TOKENIZER_MAP and not _tokenizer_works(lang):
-        lang = ""
-    return BLEU(trg_lang=lang, **kwargs)
+    return BLEU(trg_lang=lang if _tokenizer_works(lang) else "", **kwargs)
 
 
 @functools.cache
 def _tokenizer_works(lang: str) -> bool:
+    """Whether sacrebleu's tokeniser for `lang` loads here (says so once where it does not)."""
     try:
         BLEU(trg_lang=lang)
         return True
     except (ImportError, RuntimeError, OSError):
-        log.warning("BLEU: sacrebleu's %s tokeniser is not installed (pip install "
-                    "'sacrebleu[%s]'); tokenising %s with 13a", BLEU._TOKENIZER_MAP[lang], lang,
-                    lang)
+        log.warning("BLEU: sacrebleu's tokeniser for %s is not installed (pip install "
+                    "'sacrebleu[%s]'); tokenising %s with 13a", lang, lang, lang)
         return False
 
 
