@@ -35,8 +35,9 @@ class CorpusConfig:
     format: Literal["auto", "tsv", "anki", "tatoeba", "text"] = "auto"  # auto: by column count
     target_path: str | None = None  # target-side file of a `format: text` pair of files
     # tsv/anki: the languages of the two text columns; null: English first when a side is
-    # English, else [src_lang, tgt_lang] (a tatoeba file names its own)
-    columns: tuple[str, ...] | None = None  # tsv/anki column languages, e.g. [en, pt] (see docs)
+    # English, else [src_lang, tgt_lang]. text: the languages of path and target_path; null:
+    # path is the source. (A tatoeba file names its own.)
+    columns: tuple[str, ...] | None = None  # languages of the columns (text: files), e.g. [en, pt]
     required: bool = True  # false: a missing file is skipped with a warning
     weight: float = 1.0  # training pairs per epoch: weight x the corpus's (2: each twice)
 
@@ -379,10 +380,9 @@ def _corpus_columns(cfg: Config) -> Iterator[str]:
         key, columns = f"data.corpora[{i}].columns", c.columns
         if columns is None:
             continue
-        if c.format in ("text", "tatoeba"):
-            how = ("names its languages on each line" if c.format == "tatoeba"
-                   else "reads the source from path, the target from target_path")
-            yield f"{key}: applies to tsv and anki files only (format {c.format!r} {how})"
+        if c.format == "tatoeba":
+            yield (f"{key}: applies to tsv, anki and text corpora only (format 'tatoeba' names "
+                   f"its languages on each line)")
         elif len(columns) != 2 or not all(languages.is_code(x) for x in columns):
             yield f"{key}: expected two language codes such as {example}, got {list(columns)}"
         elif languages.same(*columns):

@@ -59,6 +59,26 @@ def test_english_comes_first_else_the_source(tmp_path):
         ("Bonjour.", "Hallo.")]
 
 
+def test_a_pair_of_text_files_reads_in_both_directions_by_its_columns(tmp_path):
+    """A text corpus's `columns` names the languages of path and target_path; without it,
+    path is the source."""
+    (tmp_path / "c.en").write_text("Hello.\nGood night.\n", encoding="utf-8")
+    (tmp_path / "c.pt").write_text("Olá.\nBoa noite.\n", encoding="utf-8")
+
+    def rows(pair, **spec):
+        spec = CorpusConfig(path="c.en", format="text", target_path="c.pt", **spec)
+        return [(src, tgt) for _, src, tgt in read_corpus(spec, tmp_path, ReadStats(), pair=pair)]
+
+    en_pt = [("Hello.", "Olá."), ("Good night.", "Boa noite.")]
+    pt_en = [(tgt, src) for src, tgt in en_pt]
+    assert rows(("en", "pt"), columns=("en", "pt")) == en_pt
+    assert rows(("pt", "en"), columns=("en", "pt")) == pt_en
+    assert rows(("en", "pt")) == en_pt
+    assert rows(("pt", "en")) == en_pt  # no columns: path is the source, whatever it holds
+    with pytest.raises(ConfigError, match=r"c\.en: columns en-de is not the pair"):
+        rows(("en", "pt"), columns=("en", "de"))
+
+
 def test_tatoeba_lines_name_their_languages(tmp_path):
     content = ("eng\tpor\tI run.\tEu corro.\n"
                "por\teng\tEu ando.\tI walk.\n"
@@ -214,7 +234,7 @@ TATOEBA_DE = "".join(f"eng\tdeu\tSentence {i}.\tSatz {i}.\n" for i in range(100)
     ({}, {"columns": ["en"]}, None,
      "data.corpora[0].columns: expected two language codes such as ['en', 'pt'], got ['en']"),
     ({}, {"columns": ["en", "pt"], "format": "tatoeba"}, None,
-     "data.corpora[0].columns: applies to tsv and anki files only"),
+     "data.corpora[0].columns: applies to tsv, anki and text corpora only"),
     ({}, {}, TATOEBA_DE,
      "c.tsv:1: a tatoeba line of eng-deu is not the pair of data.src_lang and data.tgt_lang "
      "(en and pt)"),

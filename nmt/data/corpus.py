@@ -7,12 +7,13 @@ Readers stream `(line_number, source, target)` from one corpus, in the languages
     tsv      English<TAB>Portuguese
     anki     English<TAB>Portuguese<TAB>attribution   (Tatoeba/Anki export; attribution dropped)
     tatoeba  eng<TAB>por<TAB>English<TAB>Portuguese        (Tatoeba challenge)
-    text     two line-aligned files, source (`path`) and target (`target_path`)
+    text     two line-aligned files, `path` and `target_path` (source and target by default)
     auto     tsv, anki or tatoeba by the column count of the first non-empty line
 
 Columns are read by language, not by position: a tsv or anki corpus's `columns` names the
-languages of its two text columns (default: `nmt.languages.default_columns`), and a tatoeba line
-names its own, so one file trains both directions.
+languages of its two text columns (default: `nmt.languages.default_columns`), a text corpus's
+`columns` those of `path` and `target_path` (default: path is the source), and a tatoeba line
+names its own, so one file (or pair of files) trains both directions.
 """
 
 from __future__ import annotations
@@ -214,9 +215,11 @@ def read_corpus(spec: CorpusConfig, root: Path, stats: ReadStats, max_chars: int
     path = _resolve(spec.path, root)
     _check_file(path)
     if spec.format == "text":
-        tgt_path = _resolve(spec.target_path or "", root)
-        _check_file(tgt_path)
-        yield from _read_text_pair(path, tgt_path, stats, max_chars)
+        other = _resolve(spec.target_path or "", root)
+        _check_file(other)
+        if spec.columns and _Sides(path, spec.columns, pair).columns:  # path holds the target
+            path, other = other, path
+        yield from _read_text_pair(path, other, stats, max_chars)
     else:
         columns = spec.columns or languages.default_columns(*pair)
         yield from _read_columns(path, spec.format, stats, max_chars, _Sides(path, columns, pair))
