@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 from nmt import checkpoint
-from nmt.evaluation.metrics import corpus_scores
 from nmt.evaluation.significance import paired_bootstrap
 from nmt.inference.translator import Translator
 
@@ -45,7 +44,7 @@ def translations(paths: list[Path], sources: list[str]) -> tuple[list[list[str]]
 def compare(outputs: list[list[str]], refs: list[str], corpus: list[int], names: list[str],
             target: str) -> tuple[list[dict], str]:
     """One row per corpus (and one for the whole split): its pair count and, per checkpoint,
-    BLEU with its 95% interval and p against the first, and chrF."""
+    BLEU with the half-width of its 95% bootstrap interval and p against the first, and chrF."""
     slices = [("all", list(range(len(refs))))]
     slices += [(name, [k for k, c in enumerate(corpus) if c == i]) for i, name in enumerate(names)]
     rows, signature = [], ""
@@ -54,14 +53,10 @@ def compare(outputs: list[list[str]], refs: list[str], corpus: list[int], names:
             continue
         systems = [[hyps[k] for k in idx] for hyps in outputs]
         ref = [refs[k] for k in idx]
-        if len(systems) > 1:
-            result = paired_bootstrap(systems, ref, METRICS, target_lang=target)
-            signature = result.signatures["bleu"]
-            scores = [{m: {"score": i.score, "ci": i.ci, "p": i.p_value}
-                       for m, i in zip(METRICS, system)} for system in result.systems]
-        else:
-            scores = [{s.name: {"score": s.value, "ci": None, "p": None}
-                       for s in corpus_scores(systems[0], ref, METRICS, target)}]
+        result = paired_bootstrap(systems, ref, METRICS, target_lang=target)
+        signature = result.signatures["bleu"]
+        scores = [{m: {"score": i.score, "ci": i.ci, "p": i.p_value}
+                   for m, i in zip(METRICS, system)} for system in result.systems]
         rows.append({"corpus": name, "pairs": len(idx), "systems": scores})
     return rows, signature
 
@@ -74,15 +69,14 @@ def table(rows: list[dict], labels: list[str], signature: str, split: str) -> st
     for row in rows:
         cells = [row["corpus"], f"{row['pairs']:,}"]
         for i, s in enumerate(row["systems"]):
-            bleu = f"{s['bleu']['score']:.2f}"
-            if s["bleu"]["ci"] is not None:
-                bleu += f" ± {s['bleu']['ci']:.2f}"
-            cells += [bleu, f"{s['chrf']['score']:.2f}"]
+            cells += [f"{s['bleu']['score']:.2f} ± {s['bleu']['ci']:.2f}",
+                      f"{s['chrf']['score']:.2f}"]
             if i:
                 cells.append(f"{s['bleu']['p']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"{split} split; each checkpoint's beam and precision; p: BLEU against "
-              f"{labels[0]} by paired bootstrap; BLEU `{signature}`."]
+    lines += ["", f"{split} split; each checkpoint's beam and precision; BLEU ± the half-width "
+              f"of its 95% bootstrap interval; p: BLEU against {labels[0]} by paired bootstrap; "
+              f"BLEU `{signature}`."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,8 @@ def test_each_corpus_is_scored_on_its_own_pairs():
                                        ("bleu", "chrf"), "pt")
             assert scored["bleu"]["score"] == bleu.value and scored["chrf"]["score"] == chrf.value
         assert row["systems"][2]["bleu"]["p"] == 1.0  # identical to the first
+        assert row["systems"][0]["bleu"]["p"] is None  # the baseline
+    assert rows[0]["systems"][0]["bleu"]["ci"] > 0  # half right, half wrong: an interval
     chat, subtitles = rows[1]["systems"], rows[2]["systems"]
     assert chat[0]["bleu"]["score"] > 99.9 and chat[1]["bleu"]["score"] < 1
     assert subtitles[1]["bleu"]["score"] > 99.9 and subtitles[0]["bleu"]["score"] < 1
