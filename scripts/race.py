@@ -20,6 +20,11 @@ are the ones its validation logged. Each run's checkpoint with the best validati
 translates the test split with beam 5, and the runs are compared with the first by paired
 bootstrap resampling.
 
+`--reuse` scores again the runs that the race last written to --out/race.json left in --runs,
+and trains only the runs it lacks (another seed, another toolkit): nmt's best checkpoint
+translates the test split again, a peer's test translations are read back, and each keeps its
+entry (updates, curve, load, when it trained: the table's last column).
+
 Writes to --out: race.md (the table), race.json and race.png (validation BLEU against minutes
 after the first update, one line per run). Prints the table to stdout.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import logging
 import os
@@ -35,8 +41,9 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -72,6 +79,7 @@ class Entry:
     bleu: float = 0.0
     chrf: float = 0.0
     load: float = 0.0  # the machine's mean 1-minute load average while it trained
+    trained: str = ""  # when it began to train (YYYY-MM-DD HH:MM, local time)
     hypotheses: list[str] = field(default_factory=list)
 
     @property
@@ -121,11 +129,15 @@ def score_nmt(run: Path, seed: int, test: tuple[list[str], list[str]]) -> Entry:
     curve = [(float(r["minutes"]), int(r["step"]), float(r["bleu"])) for r in rows
              if r["bleu"]]
     best = max(curve, key=lambda point: point[2])
-    translator = Translator.from_checkpoint(run / "best.pt")
-    hyps = [t.text for t in translator.translate(test[0], beam=5)]
     speeds = [float(r["tgt_tokens_per_s"]) for r in rows if r["tgt_tokens_per_s"]]
     return Entry("nmt", "nmt", seed, best[1], best[0], curve[-1][0], None,
-                 statistics.median(speeds), curve, hypotheses=hyps)
+                 statistics.median(speeds), curve, hypotheses=nmt_test(run, test))
+
+
+def nmt_test(run: Path, test: tuple[list[str], list[str]]) -> list[str]:
+    """The run's best checkpoint's translations of the test split, beam 5."""
+    translator = Translator.from_checkpoint(run / "best.pt")
+    return [t.text for t in translator.translate(test[0], beam=5)]
 
 
 # ---------------------------------------------------------------- peers
@@ -195,6 +207,57 @@ def score_peer(kind: str, seed: int, data: Path, args: argparse.Namespace, prepa
                  median_tokens_per_s(speed.stdout) or float("nan"), curve, hypotheses=hyps)
 
 
+# ---------------------------------------------------------------- reuse
+
+
+def reusable(args: argparse.Namespace, test: tuple[list[str], list[str]]
+             ) -> dict[tuple[str, int], Callable[[], Entry]]:
+    """What scores each run of the race in --out/race.json whose files are still in --runs,
+    by (toolkit, seed); exits where that race had another budget or recipe."""
+    path = args.out / "race.json"
+    if not path.exists():
+        sys.exit(f"race: --reuse: no earlier race in {path}")
+    earlier = json.loads(path.read_text())
+    if (earlier["minutes"], earlier["recipe"]) != (args.minutes, args.recipe):
+        sys.exit(f"race: --reuse: {path} is a race of {earlier['minutes']:g} minutes with the "
+                 f"{earlier['recipe']!r} recipe, not {args.minutes:g} with {args.recipe!r}")
+    args.rates.update(earlier.get("rates", {}))
+    found = {}
+    for recorded in earlier["entries"]:
+        kind, seed = recorded["toolkit"], recorded["seed"]
+        if kind == "nmt":
+            run = args.runs / f"nmt-seed{seed}" / args.cfg.name
+            if (run / "best.pt").exists():
+                found[kind, seed] = functools.partial(
+                    reused, recorded, functools.partial(nmt_test, run, test))
+        else:
+            hyps = sorted((args.runs / f"{kind}-seed{seed}").glob("*.beam5.test.hyp"))
+            if len(hyps) == 1:
+                found[kind, seed] = functools.partial(
+                    reused, recorded, functools.partial(read_back, hyps[0], args))
+    for kind, seed in found:
+        log.info("%s seed %d: reused from %s", NAMES[kind], seed, path)
+    return found
+
+
+def reused(recorded: dict, hypotheses: Callable[[], list[str]]) -> Entry:
+    """A recorded entry with its test translations made again (or read back)."""
+    keep = {f.name for f in fields(Entry)} - {"bleu", "chrf", "hypotheses"}
+    entry = Entry(**{k: v for k, v in recorded.items() if k in keep}, hypotheses=hypotheses())
+    entry.curve = [tuple(point) for point in entry.curve]
+    return entry
+
+
+def read_back(hyp: Path, args: argparse.Namespace) -> list[str]:
+    """A peer's detokenised test translations, from the pieces it wrote."""
+    tok = args.prepared.tokenizer()
+    lines = hyp.read_text(encoding="utf-8").splitlines()
+    if len(lines) != args.test_size:
+        sys.exit(f"race: --reuse: {hyp} has {len(lines):,} translations; this test split has "
+                 f"{args.test_size:,} pairs")
+    return [tok.tgt.decode_pieces(line.split()) for line in lines]
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -219,15 +282,15 @@ def table(entries: list[Entry], comparison, minutes: float, test_size: int) -> s
              f"95% intervals and p-values against {entries[0].label} by paired bootstrap "
              f"({comparison.resamples} resamples).", "",
              "| run | BLEU | chrF | p (BLEU) | updates | train tgt tok/s | best at min "
-             "| last checkpoint min | start-up s | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| last checkpoint min | start-up s | load | trained at |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for e, (bleu, chrf) in zip(entries, comparison.systems):
         p = "" if bleu.p_value is None else f"{bleu.p_value:.4f}"
         startup = "" if e.startup_s is None else f"{e.startup_s:.0f}"
         lines.append(f"| {e.label} | {bleu.score:.2f} ± {bleu.ci:.2f} "
                      f"| {chrf.score:.2f} ± {chrf.ci:.2f} | {p} | {e.updates:,} "
                      f"| {e.tgt_tokens_per_s:,.0f} | {e.minutes:.1f} | {e.last_checkpoint:.1f} "
-                     f"| {startup} | {e.load:.1f} |")
+                     f"| {startup} | {e.load:.1f} | {e.trained} |")
     lines.append("")
     for kind in NAMES:
         runs = [(e, bleu) for e, (bleu, _) in zip(entries, comparison.systems)
@@ -260,6 +323,9 @@ def main() -> None:
                     help="the first N test pairs only (default: the whole test split)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="an override of nmt's config")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score the runs of the race in --out/race.json again instead of "
+                         "training them; train only the runs it lacks")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "race")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "race")
     args = ap.parse_args()
@@ -275,8 +341,9 @@ def main() -> None:
         sys.exit(f"race: no {', '.join(missing)} in {VENVS}: run {PEERS / 'setup-peers.sh'}")
     args.cfg = cfg = load_config(args.config, args.overrides)
     args.max_pieces, args.rates = cfg.data.max_pieces, {}
-    prepared = prepare(cfg.data)
+    args.prepared = prepared = prepare(cfg.data)
     test = test_pairs(prepared, args.test_sentences or 10 ** 9, cfg.data.max_pieces)
+    args.test_size = len(test[1])
     n_valid = cfg.train.valid_max_sentences or 10 ** 9
     valid_refs = prepared.lines("valid", prepared.tgt_lang)[:n_valid]
     data = args.runs / "pieces"
@@ -286,20 +353,26 @@ def main() -> None:
         lines = dev.read_text(encoding="utf-8").splitlines(True)  # checkpoint, on fewer
         (data / f"curve.{lang}").write_text("".join(lines[:n_valid]), encoding="utf-8")
         dev.write_text("".join(lines[:args.peer_dev]), encoding="utf-8")
+    earlier = reusable(args, test) if args.reuse else {}
     scorers = []  # every run trains first, one after the other; then each is scored
     for kind, seed in runs:
+        if (kind, seed) in earlier:
+            scorers.append((earlier[kind, seed], None))
+            continue
         try:
             with Load() as load:
+                began = time.strftime("%Y-%m-%d %H:%M")
                 scorers.append((race_nmt(args, seed, prepared, test) if kind == "nmt" else
                                 race_peer(kind, seed, data, args, prepared, valid_refs, test),
-                                load))
+                                (load, began)))
         except (RuntimeError, subprocess.CalledProcessError) as err:  # the others still count
             log.error("%s seed %d: %s", kind, seed, err)
     entries = []
-    for scorer, load in scorers:
+    for scorer, trained in scorers:
         try:
             entries.append(scorer())
-            entries[-1].load = load.mean()
+            if trained is not None:
+                entries[-1].load, entries[-1].trained = trained[0].mean(), trained[1]
         except (RuntimeError, subprocess.CalledProcessError) as err:
             log.error("scoring: %s", err)
     if not entries:

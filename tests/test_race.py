@@ -32,7 +32,9 @@ while step < config["train_steps"]:
     step += 1
     if step == 1:
         first = time.time()
-    times.write_text(json.dumps({{"launched": launched, "first": first, "last": time.time()}}))
+    part = times.with_suffix(".part")  # whole or not at all: the race may stop it here
+    part.write_text(json.dumps({{"launched": launched, "first": first, "last": time.time()}}))
+    part.replace(times)
     if step % config["report_every"] == 0:
         print(f"[INFO] Step {{step}}/{{config['train_steps']}}; acc: 1.0; ppl: 9.0; xent: 2.2; "
               f"lr: {{config['learning_rate']}}; sents: 8; bsz: 10/ 12/ 1; 500/600 tok/s; "
@@ -62,20 +64,27 @@ def fake_peers(root: Path) -> Path:
     return root
 
 
-def test_race_clock_checkpoints_recipe_and_table(tmp_path):
-    peers = fake_peers(tmp_path / "peers")
-    out, runs = tmp_path / "out", tmp_path / "runs"
+def race(tmp: Path, seeds: str, *more: str) -> dict:
+    """Runs race.py on the tiny config against the fake peer; returns its race.json."""
+    peers = tmp / "peers"
+    if not peers.exists():
+        fake_peers(peers)
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "race.py"), "--config",
          str(ROOT / "configs" / "tiny.yaml"), "--minutes", str(MINUTES),
-         "--seeds", "nmt=1,onmt=2", "--points", "5", "--calibrate", "1", "--runs", str(runs),
-         "--out", str(out), "--set", f"data.dir={ROOT}",
-         "--set", f"data.prepared_dir={tmp_path / 'prepared'}", "--set", "train.valid_every=10",
+         "--seeds", seeds, "--points", "5", "--calibrate", "1", "--runs", str(tmp / "runs"),
+         "--out", str(tmp / "out"), "--set", f"data.dir={ROOT}",
+         "--set", f"data.prepared_dir={tmp / 'prepared'}", "--set", "train.valid_every=10",
          "--set", "train.valid_max_sentences=4", "--set", "train.schedule=linear",
-         "--set", "train.decay_fraction=0.2"],
-        check=True, cwd=tmp_path, capture_output=True, timeout=300,
+         "--set", "train.decay_fraction=0.2", *more],
+        check=True, cwd=tmp, capture_output=True, timeout=300,
         env={**__import__("os").environ, "NMT_PEERS": str(peers)})
-    result = json.loads((out / "race.json").read_text())
+    return json.loads((tmp / "out" / "race.json").read_text())
+
+
+def test_race_clock_checkpoints_recipe_and_table(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    result = race(tmp_path, "nmt=1,onmt=2")
     entries = result["entries"]
     assert [(e["toolkit"], e["seed"]) for e in entries] == [("nmt", 1), ("onmt", 1), ("onmt", 2)]
     rate = result["rates"]["onmt"]  # updates a minute, from the untimed run
@@ -110,3 +119,17 @@ def test_race_clock_checkpoints_recipe_and_table(tmp_path):
     assert "OpenNMT-py: BLEU" in table and "spread" in table
     assert "bs:1000" in table
     assert (out / "race.png").stat().st_size > 0
+
+    # --reuse: the runs of this race are scored again, not trained; only onmt seed 3 trains
+    best = runs / "nmt-seed1" / "tiny" / "best.pt"
+    trained_at = best.stat().st_mtime_ns
+    again = race(tmp_path, "nmt=1,onmt=3", "--reuse")
+    assert best.stat().st_mtime_ns == trained_at
+    assert [(e["toolkit"], e["seed"]) for e in again["entries"]] == [
+        ("nmt", 1), ("onmt", 1), ("onmt", 2), ("onmt", 3)]
+    for before, after in zip(entries, again["entries"]):
+        assert after == before  # the same entry, the same scores
+    assert again["entries"][3]["curve"] and again["entries"][3]["trained"]
+    assert (runs / "onmt-seed3-checkpoints").is_dir()
+    assert again["rates"] == result["rates"]  # seed 3 was placed by the earlier calibration
+    assert "| OpenNMT-py seed 3 |" in (out / "race.md").read_text()
