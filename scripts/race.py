@@ -20,8 +20,8 @@ are the ones its validation logged. Each run's checkpoint with the best validati
 translates the test split with beam 5, and the runs are compared with the first by paired
 bootstrap resampling.
 
-`--reuse` scores again the runs that the race last written to --out/race.json left in --runs,
-and trains only the runs it lacks (another seed, another toolkit): nmt's best checkpoint
+`--reuse` scores again the runs of the race recorded in --out/race.json (their files still in
+--runs) and trains only the runs it lacks (another seed, another toolkit): nmt's best checkpoint
 translates the test split again, a peer's test translations are read back, and each keeps its
 entry (updates, curve, load, when it trained: the table's last column).
 
