@@ -17,9 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from nmt import checkpoint
 from nmt.evaluation.significance import paired_bootstrap
-from nmt.inference.translator import Translator
+from nmt.inference.translator import load_translator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from levers import shown, split_corpora  # noqa: E402
@@ -33,7 +32,7 @@ def translations(paths: list[Path], sources: list[str]) -> tuple[list[list[str]]
     """Each checkpoint's translations of `sources`, and the target language."""
     outputs, target = [], ""
     for path in paths:
-        translator = Translator.from_checkpoint(checkpoint.resolve(path))
+        translator = load_translator(path)
         target = translator.languages[1]
         log.info("%s: translating %d sentences, beam %d", path, len(sources),
                  translator.decode.beam)
