@@ -1,6 +1,7 @@
 """What each piece of the fast layer (`nmt.fast`) buys, measured side by side in one process.
 
     python scripts/ablate.py [--precision fp32|bf16] [--batches 60] [--sentences 300] [--repeats 3]
+    python scripts/ablate.py --checkpoint runs/en-pt --sentences 1000 --repeats 4
 
 Training: one copy of the configs/bench.yaml model per variant (every piece on; each piece off
 alone; every piece off, the plain model), all trained on the same batches with the same
@@ -11,7 +12,10 @@ target tokens/s and sentences/s (over all batches; median of the turns), and how
 it takes than every piece on: the median over batches (turns) of the ratio of the two times
 taken side by side, which a burst of other work on a shared machine moves less than the totals.
 1.10 means that turning the piece off makes training (search) 1.10x slower. `--precision bf16`
-trains and searches every variant under bfloat16 autocast (`nmt.precision`).
+trains every variant under bfloat16 autocast (`nmt.precision`); the searches run in
+`--search-precision` (default `auto`, the default search: int8 where it works, and without the
+int8 piece what a translator would pick then). `--checkpoint` measures only the searches, with a
+trained model, on its config's test split.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from nmt.config import load_config
 from nmt.data.batching import Dataset, collate, token_batches
 from nmt.data.prepare import prepare
 from nmt.fast import kernels
-from nmt.inference.translator import Translator
+from nmt.inference import translator as translator_module
+from nmt.inference.translator import Translator, load_translator
 from nmt.model.seq2seq import build_model
 from nmt.train import build_optimizer, seed_everything
 
@@ -98,6 +103,7 @@ def translate(model, cfg, prepared, sentences: list[str], repeats: int, precisio
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             fast._ON = variants()[name]
+            translator_module.search_precision.cache_clear()  # it asks what the pieces allow
             translator = Translator(model, prepared.tokenizer(),
                                     replace(cfg.decode, precision=precision),
                                     4 * cfg.data.max_pieces)
@@ -117,29 +123,42 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=300, help="test sentences translated")
     ap.add_argument("--repeats", type=int, default=3, help="timed translation turns")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                    help="what training and search compute in")
+                    help="what training computes in")
+    ap.add_argument("--search-precision", choices=["auto", "fp32", "bf16", "int8"],
+                    default="auto", help="what the searches compute in")
+    ap.add_argument("--checkpoint", type=Path,
+                    help="a trained run or checkpoint: measure its searches only")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    cfg = load_config(args.config)
+    if args.checkpoint:
+        loaded = load_translator(args.checkpoint)
+        cfg, model = loaded.config, loaded.model
+    else:
+        cfg = load_config(args.config)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     prepared = prepare(cfg.data, progress=False)
     sentences = test_pairs(prepared, args.sentences, cfg.data.max_pieces)[0]
     dtype = torch.bfloat16 if args.precision == "bf16" else None
-    trained, tokens, model = train(cfg, prepared, args.batches, args.warmup, dtype)
-    searched = translate(model, cfg, prepared, sentences, args.repeats, args.precision)
+    if not args.checkpoint:
+        trained, tokens, model = train(cfg, prepared, args.batches, args.warmup, dtype)
+    searched = translate(model, cfg, prepared, sentences, args.repeats, args.search_precision)
     every = "all pieces"
 
     def slower(times: dict[str, list[float]], name: str) -> float:
         return statistics.median(t / a for t, a in zip(times[name], times[every]))
 
-    print(f"{args.precision}, {torch.get_num_threads()} threads, {args.batches} batches, "
+    what = (f"{args.checkpoint}" if args.checkpoint else
+            f"training in {args.precision}, {args.batches} batches")
+    print(f"{what}; search in {args.search_precision}, {torch.get_num_threads()} threads, "
           f"{len(sentences)} sentences, {args.repeats} turns\n")
     print("| variant | train tgt tok/s | time ÷ all pieces' | beam 5 sent/s | "
           "time ÷ all pieces' |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in variants():
-        print(f"| {name} | {tokens / sum(trained[name]):,.0f} | {slower(trained, name):.3f} | "
+        training = ("| | " if args.checkpoint else
+                    f"{tokens / sum(trained[name]):,.0f} | {slower(trained, name):.3f} | ")
+        print(f"| {name} | {training}"
               f"{len(sentences) / statistics.median(searched[name]):.1f} | "
               f"{slower(searched, name):.3f} |")
 
