@@ -8,7 +8,8 @@ speed measured in short untimed runs that validate as often as the timed one wil
 placed by the speed without validations starts late). OpenNMT-py decays by steps (halving the
 rate four times over the budget's last `decay_fraction`); Joey NMT 2.3.0 has no decay by steps
 that works (its `warmupexponentialdecay` is built without its optimizer), so it halves the rate
-at each validation that does not improve (`plateau`, patience 1).
+at each validation that does not improve (`plateau`, patience 1). Joey NMT keeps every
+checkpoint (by default it writes only those better than the ones it keeps).
 
 Every toolkit's clock starts at its first update: a peer logs each step, and its clock starts when
 its first step is logged; its start-up (imports, vocabulary) is measured and reported apart.
@@ -91,6 +92,9 @@ def render(template: Path, launch: Launch, updates: int, valid_freq: int,
     else:
         train = config["training"]
         train["random_seed"] = launch.seed
+        # every checkpoint kept, not only the best by Joey's own validation on --peer-dev
+        # sentences: the race picks each run's best by its own curve, as it does the others'
+        train["keep_best_ckpts"] = -1
         if recipe:
             train.update(batch_type="token", batch_size=recipe.batch_tokens,
                          learning_rate=recipe.lr, label_smoothing=recipe.label_smoothing)

@@ -13,6 +13,10 @@ import yaml
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import PEERS  # noqa: E402
+from race_peers import Launch, Recipe, render  # noqa: E402
+
 STARTUP_S = 2.0  # the fake peer's imports and vocabulary
 STEP_S = 0.02  # its time an update
 MINUTES = 0.1
@@ -133,3 +137,12 @@ def test_race_clock_checkpoints_recipe_and_table(tmp_path):
     assert (runs / "onmt-seed3-checkpoints").is_dir()
     assert again["rates"] == result["rates"]  # seed 3 was placed by the earlier calibration
     assert "| OpenNMT-py seed 3 |" in (out / "race.md").read_text()
+
+
+def test_joey_keeps_every_checkpoint_under_either_recipe(tmp_path):
+    """Joey NMT writes a checkpoint only when it beats the ones it keeps (by its own validation
+    on a few sentences) unless told to keep all: the race would then lose every later one."""
+    for name, recipe in (("nmt", Recipe(2000, 0.002, 0.1, 0.2)), ("own", None)):
+        launch = Launch("joey", name, 1, tmp_path, tmp_path / "out", 100)
+        config = render(PEERS / "joey.template.yaml", launch, 1000, 50, recipe)
+        assert config["training"]["keep_best_ckpts"] == -1
