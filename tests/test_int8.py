@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import platform
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt import fast
-from nmt import precision as numerics
 from nmt.config import AttentionConfig, ModelConfig
-from nmt.data.tokenizer import BOS, PAD
+from nmt.data.tokenizer import BOS
 from nmt.fast import int8
-from nmt.inference.translator import load_translator
 from nmt.model.seq2seq import build_model
 
 from conftest import fast_only
-
-SUPPORT = numerics.cpu_bf16()
-needs_bf16 = pytest.mark.skipif(
-    not SUPPORT.native, reason=f"bf16 path not tested: {SUPPORT.describe()}")
 
 
 def wide_model():
@@ -51,9 +43,8 @@ def test_a_quantized_copy_searches_close_to_fp32_and_leaves_the_model_alone():
     assert isinstance(quantized.generator.weight, int8.Int8Weight)
     assert isinstance(quantized.decoder.recurrent[0], int8.Int8Weight)
     assert isinstance(quantized.decoder.combine.weight, int8.Int8Weight)
-    assert not any(isinstance(w, int8.Int8Weight) for w in quantized.encoder.parameters())
-    key_layer = quantized.decoder.attention.score.key_layer
-    assert not any(isinstance(w, int8.Int8Weight) for w in key_layer.parameters())
+    assert not isinstance(quantized.encoder.rnn.weight_ih_l0, int8.Int8Weight)
+    assert not isinstance(quantized.decoder.attention.score.key_layer.weight, int8.Int8Weight)
     exact, approx = step_log_probs(model, src), step_log_probs(quantized, src)
     assert not torch.equal(approx, exact)  # the 8-bit products did run
     assert (approx.exp() - exact.exp()).abs().max() < 0.02
@@ -119,71 +110,3 @@ def test_the_probe_leaves_the_global_random_state_alone():
 def test_the_probe_passes_where_the_operators_work():
     if platform.machine() in ("x86_64", "AMD64"):
         assert int8.available()  # fbgemm ships with torch's CPU builds on x86
-
-
-# -- the encoder in bf16 (the encoder_bf16 piece) ------------------------------------------
-
-def padded_sources() -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(3)
-    src_len = torch.tensor([9, 7, 4, 1])
-    src = torch.randint(4, 80, (4, 9))
-    src[torch.arange(9) >= src_len.unsqueeze(1)] = PAD
-    return src, src_len
-
-
-@fast_only
-@needs_bf16
-def test_an_int8_copy_encodes_in_bf16_and_gives_float32_back():
-    model = wide_model()
-    src, src_len = padded_sources()
-    copy = int8.quantized(model)
-    assert isinstance(copy.encoder, int8.InBf16)
-    assert isinstance(copy.decoder.attention.score.key_layer, int8.InBf16)
-    with torch.inference_mode():
-        memory, state = copy.encode(src, src_len)
-        exact, exact_state = model.encode(src, src_len)
-    assert {memory.keys.dtype, memory.proj.dtype, state.h.dtype, state.c.dtype} == {
-        torch.float32}
-    assert not torch.equal(memory.keys, exact.keys)  # the bf16 products did run
-    assert not torch.equal(memory.proj, exact.proj)
-    assert torch.allclose(memory.keys, exact.keys, atol=0.02)
-    assert torch.allclose(memory.proj, exact.proj, atol=0.05 * exact.proj.abs().max())
-    assert torch.allclose(state.h, exact_state.h, atol=0.02)
-    padding = torch.arange(9) >= src_len.unsqueeze(1)  # (B, S)
-    assert torch.all(memory.keys[padding] == 0)
-    assert not isinstance(model.encoder, int8.InBf16)  # the model itself is left alone
-
-
-@fast_only
-def test_the_encoder_stays_float32_without_native_bf16_or_with_the_piece_off(monkeypatch):
-    monkeypatch.setattr(numerics, "cpu_bf16", lambda: numerics.Bf16Support("", 0.0))
-    int8._bf16_native.cache_clear()
-    try:
-        copy = int8.quantized(wide_model())
-        assert not isinstance(copy.encoder, int8.InBf16)
-        assert not isinstance(copy.decoder.attention.score.key_layer, int8.InBf16)
-    finally:
-        int8._bf16_native.cache_clear()
-    monkeypatch.setattr(fast, "_ON", frozenset(fast.PIECES) - {"encoder_bf16"})
-    copy = int8.quantized(wide_model())
-    assert isinstance(copy.generator.weight, int8.Int8Weight)
-    assert not isinstance(copy.encoder, int8.InBf16)
-
-
-@fast_only
-@needs_bf16
-def test_an_int8_search_with_the_encoder_in_bf16_translates_as_without(trained_run,
-                                                                       monkeypatch):
-    """The tiny model's test split: the same translations for at least 95% of sentences."""
-    sources = (trained_run / "test.en").read_text().splitlines()
-    with_bf16 = load_translator(trained_run, precision="int8")
-    assert isinstance(with_bf16.search_model().encoder, int8.InBf16)
-    a = with_bf16.translate(sources, beam=3)
-    monkeypatch.setattr(fast, "_ON", frozenset(fast.PIECES) - {"encoder_bf16"})
-    without = load_translator(trained_run, precision="int8")
-    assert not isinstance(without.search_model().encoder, int8.InBf16)
-    b = without.translate(sources, beam=3)
-    same = [x.text == y.text for x, y in zip(a, b)]
-    assert sum(same) >= 0.95 * len(sources), [
-        (x.text, y.text) for x, y, s in zip(a, b, same) if not s]
-    assert any(x.score != y.score for x, y in zip(a, b))  # the bf16 encoder did run

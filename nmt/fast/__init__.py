@@ -7,9 +7,7 @@ it pays at least 5% on top of bf16 in training or in the default search (docs/pe
             kernels.FUSED)`);
   int8      a copy of a built model whose decoder and output layer hold 8-bit weights
             (`nmt.fast.int8.quantized`), which a translator searches in
-            `decode.precision: int8` (and `auto`);
-  encoder_bf16  in that copy, where the CPU multiplies bfloat16 natively, the encoder and the
-            projections of its states (made once per batch) under bfloat16 autocast.
+            `decode.precision: int8` (and `auto`).
 
 The model (`nmt.model`) imports nothing from here: it computes through
 `nmt.model.operations` and `F.linear`, and whoever builds or runs it chooses the
@@ -27,7 +25,7 @@ import os
 
 log = logging.getLogger(__name__)
 
-PIECES = ("kernels", "int8", "encoder_bf16")
+PIECES = ("kernels", "int8")
 
 
 def _parse(value: str) -> frozenset[str]:

@@ -13,11 +13,6 @@ with results that differ from fp32's by about 1%, and that depend on the other r
 Products that need a gradient, or take another dtype or device, run as F.linear on the
 original weight.
 
-Where the CPU multiplies bfloat16 natively (`nmt.precision.cpu_bf16`), the copy's products made
-once per batch over every source position (the encoder, the attention's projections of its
-states) also run in bfloat16, under autocast, and give float32 back: the fast layer's
-`encoder_bf16` piece.
-
 fbgemm's operators (`torch.ops.quantized`) are deprecated in favour of torchao and private to
 torch, as is the switch that runs a tensor subclass's other operations as plain ones;
 `available()` probes both once and says so where they are missing, and a search then runs in
@@ -36,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt import fast
-from nmt import precision as numerics
 
 log = logging.getLogger(__name__)
 
@@ -109,51 +103,6 @@ def _quantize_(module: nn.Module) -> None:
                 setattr(child, name, Int8Weight(weight))
 
 
-def _float32(out):
-    """A module's output with its floating tensors (also inside tuples) in float32."""
-    if isinstance(out, tuple):
-        return tuple(_float32(x) for x in out)
-    return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
-
-
-class InBf16(nn.Module):
-    """`module` run under bfloat16 autocast on the CPU, its floating outputs given back in
-    float32."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args):
-        with torch.autocast("cpu", torch.bfloat16):
-            out = self.module(*args)
-        return _float32(out)
-
-
-def _once_per_batch_in_bf16_(member: nn.Module) -> None:
-    """Wraps, in place, a model's encoder and the projections of its states in InBf16."""
-    member.encoder = InBf16(member.encoder)
-    for path, child in list(member.decoder.named_modules()):
-        parent, _, name = path.rpartition(".")
-        if name in ONCE_PER_BATCH and isinstance(child, nn.Linear):
-            setattr(member.decoder.get_submodule(parent), name, InBf16(child))
-
-
-def _bf16_once_per_batch() -> bool:
-    """Whether an int8 search runs the encoder in bfloat16: the `encoder_bf16` piece on, and
-    this CPU's bfloat16 products native."""
-    return fast.on("encoder_bf16") and _bf16_native()
-
-
-@functools.cache
-def _bf16_native() -> bool:
-    support = numerics.cpu_bf16()
-    if support.native:
-        log.info("int8 search: the encoder and its states' projections in bf16 (%s)",
-                 support.describe())
-    return support.native
-
-
 @functools.cache
 def _works() -> bool:
     """Whether fbgemm's dynamic int8 products exist here and compute a quantized layer's
@@ -188,8 +137,8 @@ def available() -> bool:
 
 def quantized(model: nn.Module) -> nn.Module:
     """A copy of `model` for searches, with 8-bit weights in its decoder and output layer
-    (`model.decoder`, `model.generator`; each member's, for an ensemble) and, where bfloat16 is
-    native, its encoder in bfloat16; the model itself where int8 products are not available."""
+    (`model.decoder`, `model.generator`; each member's, for an ensemble); the model itself where
+    int8 products are not available."""
     if not available():
         return model
     copy = deepcopy(model)
@@ -197,6 +146,4 @@ def quantized(model: nn.Module) -> nn.Module:
     for member in members:
         _quantize_(member.decoder)
         _quantize_(member.generator)
-        if _bf16_once_per_batch():
-            _once_per_batch_in_bf16_(member)
     return copy
