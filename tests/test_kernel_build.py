@@ -99,7 +99,8 @@ def test_without_the_kernels_piece_nothing_is_built(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("value,pieces", [("", {"kernels", "int8"}), ("0", set()),
+@pytest.mark.parametrize("value,pieces", [("", {"kernels", "int8"}), ("1", {"kernels", "int8"}),
+                                          ("0", set()),
                                           ("kernels, int8", {"kernels", "int8"}),
                                           ("kernels,nonsense", {"kernels"})])
 def test_nmt_fast_names_the_pieces_that_run(value, pieces, caplog):
