@@ -51,7 +51,6 @@ LEVERS: dict[str, list[str]] = {
     "baseline": [],
     "plateau": ["train.schedule=plateau", "train.decay_fraction=1.0"],
     "cosine": ["train.schedule=cosine", "train.decay_fraction=1.0"],
-    "decay50": ["train.decay_fraction=0.5"],
     "lr0.003": ["train.lr=0.003"],
     "tied": ["model.emb_size=512", "model.tie_embeddings=true"],
     "dropout0.1": ["model.dropout=0.1"],
